@@ -1,0 +1,87 @@
+//! A bounded fan-out pipeline with an explicit load-shed policy and a leak-free structured
+//! shutdown, on any async runtime.
+//!
+//! One fast producer, N async workers, and overload that degrades predictably instead of
+//! crashing:
+//!
+//! - [`Queue`]: a bounded MPMC hand-off queue with a required [`Policy`] for when it is
+//!   full: shed the incoming item, evict the oldest, or make the producer wait. A shed item
+//!   is handed back in the [`PushOutcome`], never lost in silence.
+//! - [`CancellationToken`]: a cancellation tree; cancelling a node cancels its descendants.
+//! - [`Pipeline`]: N workers on any runtime through a [`Spawner`], and a structured
+//!   [`shutdown`](Pipeline::shutdown) (stop intake → close → drain → deadline → cancel →
+//!   abort → join every worker) whose [`Report`] satisfies
+//!   `produced == processed + dropped + abandoned + panicked` on every path.
+//!
+//! No `unsafe`: the queue is an `async-lock` semaphore (permits == items available) over an
+//! `async-lock` mutex, and cancellation is built on `event-listener`.
+//!
+//! # Example
+//!
+//! ```
+//! use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+//!
+//! # smol::block_on(async {
+//! // A position stream: when the workers fall behind, keep the freshest samples.
+//! let pipeline = Pipeline::builder(16, Policy::DropOldest)
+//!     .workers(4)
+//!     .spawn(SmolSpawner::new(), |position: (f64, f64)| async move {
+//!         let _ = position; // store it, draw it, send it on
+//!     })?;
+//!
+//! for i in 0..1000 {
+//!     // Under DropOldest a push never waits; an evicted sample comes back here.
+//!     let _evicted = pipeline.push((i as f64, 0.0)).await.into_inner();
+//! }
+//!
+//! let report = pipeline.shutdown().await;
+//! assert_eq!(report.produced, 1000);
+//! assert!(report.is_conserved());
+//! assert!(report.all_joined());
+//! # Ok::<(), backpressure_pipeline::BuildError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Features
+//!
+//! - `smol` (default): [`SmolSpawner`] for smol's global executor and [`ExecutorSpawner`]
+//!   for an `async_executor::Executor` the application owns.
+//! - `tokio`: `TokioSpawner`, for a tokio runtime with its timer enabled.
+//! - `async-std`: `AsyncStdSpawner` (async-std is discontinued upstream; smol succeeds it).
+//!
+//! # When not to use this crate
+//!
+//! - Every item must be processed and you already have back-pressure end to end: a bounded
+//!   `async-channel` or `tokio::sync::mpsc` with a few tasks is simpler.
+//! - You need the highest raw hand-off rate on one thread: a lock-free channel (flume,
+//!   crossbeam) is faster than a semaphore over a mutex.
+//! - The work is CPU-bound: use a thread pool (rayon), not async workers.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
+
+mod cancel;
+mod pipeline;
+mod policy;
+mod queue;
+mod spawner;
+
+pub use cancel::{CancellationToken, DropGuard, WaitForCancellation, WaitForCancellationOwned};
+pub use pipeline::{BuildError, Pipeline, PipelineBuilder, Report, StopCause};
+pub use policy::{ConfigError, Policy, PushOutcome};
+pub use queue::Queue;
+pub use spawner::{BoxFuture, SpawnError, Spawner};
+
+#[cfg(feature = "async-std")]
+pub use spawner::AsyncStdSpawner;
+#[cfg(feature = "tokio")]
+pub use spawner::TokioSpawner;
+#[cfg(feature = "smol")]
+pub use spawner::{ExecutorSpawner, SmolSpawner};

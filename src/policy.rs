@@ -1,0 +1,161 @@
+//! What a full queue does, and what a push tells its caller.
+
+use core::fmt;
+
+/// What a full queue does with a new item. There is no default: choose one.
+///
+/// | policy | when the queue is full | the push returns | use it for |
+/// |---|---|---|---|
+/// | [`DropNewest`] | the incoming item is shed | [`PushOutcome::Shed`] | event/command streams: keep order, see the loss |
+/// | [`DropOldest`] | the oldest buffered item is evicted | [`PushOutcome::Evicted`] | position/state streams: keep the freshest sample |
+/// | [`Block`] | the producer waits for room | [`PushOutcome::Accepted`] (later) | work that must not be lost: true back-pressure |
+///
+/// The same words mean different things elsewhere: our `DropNewest` sheds the *incoming* item
+/// (Kotlin `DROP_LATEST`, .NET `DropWrite`, Akka `dropNew`), while .NET's `DropNewest` evicts
+/// the newest *buffered* item.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{Policy, PushOutcome, Queue};
+///
+/// let queue = Queue::new(1, Policy::DropOldest)?;
+/// assert!(queue.try_push("old").is_accepted());
+/// assert_eq!(queue.try_push("new"), PushOutcome::Evicted("old"));
+/// # Ok::<(), backpressure_pipeline::ConfigError>(())
+/// ```
+///
+/// [`DropNewest`]: Policy::DropNewest
+/// [`DropOldest`]: Policy::DropOldest
+/// [`Block`]: Policy::Block
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Shed the incoming item and hand it back; the backlog keeps its order.
+    DropNewest,
+    /// Evict the oldest buffered item and hand it back; the incoming item is kept.
+    DropOldest,
+    /// Make the producer wait for room; nothing is ever shed.
+    Block,
+}
+
+/// What became of a pushed item.
+///
+/// In every case but [`Accepted`] an item comes back to the caller: the incoming one when it was
+/// not taken ([`Shed`], [`Full`], [`Closed`]), or the evicted oldest one when the incoming one
+/// was taken in its place ([`Evicted`]). Nothing is ever reported as accepted when an item was
+/// lost. `Debug` leaves the item out.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{Policy, PushOutcome, Queue};
+///
+/// let queue = Queue::new(1, Policy::DropNewest)?;
+/// assert_eq!(queue.try_push(1), PushOutcome::Accepted);
+/// let outcome = queue.try_push(2);
+/// assert!(!outcome.is_accepted());
+/// assert_eq!(outcome.into_inner(), Some(2));
+/// # Ok::<(), backpressure_pipeline::ConfigError>(())
+/// ```
+///
+/// [`Accepted`]: PushOutcome::Accepted
+/// [`Evicted`]: PushOutcome::Evicted
+/// [`Shed`]: PushOutcome::Shed
+/// [`Full`]: PushOutcome::Full
+/// [`Closed`]: PushOutcome::Closed
+#[must_use = "a push may hand an item back; ignoring it loses that item in silence"]
+#[derive(Clone, PartialEq, Eq)]
+pub enum PushOutcome<T> {
+    /// The item was enqueued and nothing was shed.
+    Accepted,
+    /// The item was enqueued; the oldest buffered item was evicted to make room
+    /// ([`Policy::DropOldest`]) and is returned here.
+    Evicted(T),
+    /// The queue was full and the incoming item was shed ([`Policy::DropNewest`]).
+    Shed(T),
+    /// The queue was full and `try_push` does not wait ([`Policy::Block`]).
+    Full(T),
+    /// The queue is closed; the incoming item was not taken.
+    Closed(T),
+}
+
+impl<T> PushOutcome<T> {
+    /// Whether the incoming item is now in the queue ([`Accepted`] or [`Evicted`]).
+    ///
+    /// [`Accepted`]: PushOutcome::Accepted
+    /// [`Evicted`]: PushOutcome::Evicted
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, PushOutcome::Accepted | PushOutcome::Evicted(_))
+    }
+
+    /// Whether the policy discarded an item ([`Shed`] or [`Evicted`]).
+    ///
+    /// [`Shed`]: PushOutcome::Shed
+    /// [`Evicted`]: PushOutcome::Evicted
+    pub fn is_dropped(&self) -> bool {
+        matches!(self, PushOutcome::Shed(_) | PushOutcome::Evicted(_))
+    }
+
+    /// The item handed back, if any: the evicted one for [`Evicted`], the incoming one
+    /// otherwise.
+    ///
+    /// [`Evicted`]: PushOutcome::Evicted
+    pub fn into_inner(self) -> Option<T> {
+        match self {
+            PushOutcome::Accepted => None,
+            PushOutcome::Evicted(item)
+            | PushOutcome::Shed(item)
+            | PushOutcome::Full(item)
+            | PushOutcome::Closed(item) => Some(item),
+        }
+    }
+}
+
+impl<T> fmt::Debug for PushOutcome<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PushOutcome::Accepted => "Accepted",
+            PushOutcome::Evicted(_) => "Evicted(..)",
+            PushOutcome::Shed(_) => "Shed(..)",
+            PushOutcome::Full(_) => "Full(..)",
+            PushOutcome::Closed(_) => "Closed(..)",
+        })
+    }
+}
+
+/// A configuration value out of range, reported where it is given.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{ConfigError, Policy, Queue};
+///
+/// let err = Queue::<u32>::new(0, Policy::Block).unwrap_err();
+/// assert_eq!(err, ConfigError::ZeroCapacity);
+/// assert_eq!(err.to_string(), "capacity must be at least 1");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A queue needs room for at least one item.
+    ZeroCapacity,
+    /// The capacity is above [`Queue::MAX_CAPACITY`](crate::Queue::MAX_CAPACITY).
+    CapacityTooLarge,
+    /// A pipeline needs at least one worker.
+    ZeroWorkers,
+    /// The worker count is above [`MAX_WORKERS`](crate::PipelineBuilder::MAX_WORKERS).
+    TooManyWorkers,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConfigError::ZeroCapacity => "capacity must be at least 1",
+            ConfigError::CapacityTooLarge => "capacity is too large",
+            ConfigError::ZeroWorkers => "a pipeline needs at least one worker",
+            ConfigError::TooManyWorkers => "too many workers",
+        })
+    }
+}
+
+impl std::error::Error for ConfigError {}

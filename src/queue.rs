@@ -1,0 +1,453 @@
+//! The bounded hand-off queue.
+//!
+//! # Invariants
+//!
+//! 1. Until the queue closes, `available permits <= len <= capacity`, and `len - permits` is
+//!    the number of items reserved by poppers that hold a permit but have not yet taken the
+//!    buffer lock. A permit is added only after its item is in the buffer.
+//! 2. An item leaves the buffer only through a popper that holds a permit, through eviction
+//!    (which puts the incoming item in its place, so the permit count is untouched), or
+//!    through [`Queue::take_all`] after close.
+//! 3. `closed` only goes from `false` to `true`, and close adds a flood of permits after it,
+//!    so every popper, present and future, gets past the semaphore and looks at the buffer
+//!    under the lock: it finds an item (and takes it) or finds the buffer empty. Empty is
+//!    final: a pusher reads `closed` under the lock, so a pusher that read `false` ran its
+//!    critical section before the closed-empty popper's (the popper's lock happens after the
+//!    flood, which happens after the store; a pusher locking later would read `true`).
+//!
+//! Lock: the buffer lock is never held across an `.await`. Async paths wait for it with
+//! `lock().await`; [`Queue::try_push`], being synchronous, blocks the thread for it, which is
+//! why it is meant for synchronous producers (see its docs).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use async_lock::{Mutex, MutexGuard, Semaphore};
+use event_listener::Event;
+
+use crate::policy::{ConfigError, Policy, PushOutcome};
+
+/// Permits added on close: enough to let every popper through, and far from overflow because
+/// the capacity is at most [`Queue::MAX_CAPACITY`].
+const CLOSE_FLOOD: usize = usize::MAX >> 1;
+
+/// Items preallocated at most, so that a huge capacity costs memory only when it is used.
+const MAX_PREALLOCATED: usize = 1024;
+
+/// A bounded MPMC hand-off queue with an explicit policy for when it is full.
+///
+/// The queue is an [`async_lock::Semaphore`] whose permits count the items available, over an
+/// [`async_lock::Mutex`]`<VecDeque<T>>`. Share it with an `Arc`; every method takes `&self`.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{Policy, Queue};
+///
+/// # smol::block_on(async {
+/// let queue = Queue::new(4, Policy::DropNewest)?;
+/// for id in 0..8 {
+///     let _ = queue.push(id).await; // ids 4..8 are shed and handed back
+/// }
+/// queue.close();
+/// let mut kept = Vec::new();
+/// while let Some(id) = queue.pop().await {
+///     kept.push(id);
+/// }
+/// assert_eq!(kept, [0, 1, 2, 3]);
+/// # Ok::<(), backpressure_pipeline::ConfigError>(())
+/// # }).unwrap();
+/// ```
+pub struct Queue<T> {
+    /// Permits == items available to poppers (invariant 1); flooded on close (invariant 3).
+    items: Semaphore,
+    buf: Mutex<VecDeque<T>>,
+    /// Wakes producers waiting for room under [`Policy::Block`].
+    room: Event,
+    closed: AtomicBool,
+    /// A copy of the buffer's length, written under the lock, for lock-free reads.
+    len: AtomicUsize,
+    capacity: usize,
+    policy: Policy,
+    counts: Counts,
+}
+
+/// Push outcomes counted by the queue; read by the pipeline's report.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    /// Items taken into the buffer (including those that evicted another).
+    pub(crate) accepted: AtomicU64,
+    /// Incoming items shed under [`Policy::DropNewest`].
+    pub(crate) shed: AtomicU64,
+    /// Buffered items evicted under [`Policy::DropOldest`].
+    pub(crate) evicted: AtomicU64,
+}
+
+impl<T> Queue<T> {
+    /// The largest capacity [`Queue::new`] accepts.
+    pub const MAX_CAPACITY: usize = usize::MAX >> 2;
+
+    /// Creates a queue that holds at most `capacity` items and applies `policy` when full.
+    ///
+    /// Memory is allocated as items arrive, so a large capacity costs nothing up front.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroCapacity`] if `capacity` is 0, [`ConfigError::CapacityTooLarge`] if
+    /// it is above [`Queue::MAX_CAPACITY`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{ConfigError, Policy, Queue};
+    ///
+    /// let queue = Queue::<String>::new(16, Policy::Block)?;
+    /// assert_eq!(queue.capacity(), 16);
+    /// assert!(Queue::<String>::new(0, Policy::Block).is_err());
+    /// # Ok::<(), ConfigError>(())
+    /// ```
+    pub fn new(capacity: usize, policy: Policy) -> Result<Self, ConfigError> {
+        if capacity == 0 {
+            return Err(ConfigError::ZeroCapacity);
+        }
+        if capacity > Self::MAX_CAPACITY {
+            return Err(ConfigError::CapacityTooLarge);
+        }
+        Ok(Queue {
+            items: Semaphore::new(0),
+            buf: Mutex::new(VecDeque::with_capacity(capacity.min(MAX_PREALLOCATED))),
+            room: Event::new(),
+            closed: AtomicBool::new(false),
+            len: AtomicUsize::new(0),
+            capacity,
+            policy,
+            counts: Counts::default(),
+        })
+    }
+
+    /// Pushes an item, waiting for room only under [`Policy::Block`].
+    ///
+    /// Under `DropNewest` and `DropOldest` this is [`try_push`](Queue::try_push) and completes
+    /// at once. Under `Block` it waits until there is room or the queue closes.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. The item enters the queue in a single poll, so a push dropped before it
+    /// completes never enqueued its item: the item is dropped with the future and nothing in
+    /// the queue changes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, PushOutcome, Queue};
+    ///
+    /// # smol::block_on(async {
+    /// let queue = Queue::new(2, Policy::Block)?;
+    /// assert_eq!(queue.push("a").await, PushOutcome::Accepted);
+    /// queue.close();
+    /// assert_eq!(queue.push("b").await, PushOutcome::Closed("b"));
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn push(&self, item: T) -> PushOutcome<T> {
+        let item = match self.shed_if_full(item) {
+            Ok(item) => item,
+            Err(outcome) => return outcome,
+        };
+        loop {
+            let buf = self.buf.lock().await;
+            // Acquire: pairs with the Release in `close` (invariant 3).
+            let closed = self.closed.load(Ordering::Acquire);
+            if self.policy != Policy::Block || closed || buf.len() < self.capacity {
+                return self.push_locked(buf, item);
+            }
+            // Listen before releasing the lock: a pop that makes room takes the lock after us
+            // and notifies after that, so its notification cannot be missed.
+            let listener = self.room.listen();
+            drop(buf);
+            // A notified listener that is dropped passes its notification on, so a cancelled
+            // push never swallows the wake-up meant for another producer.
+            listener.await;
+        }
+    }
+
+    /// Pushes an item without waiting.
+    ///
+    /// When the queue is full, `DropNewest` sheds the incoming item ([`PushOutcome::Shed`]),
+    /// `DropOldest` evicts the oldest ([`PushOutcome::Evicted`]) and `Block` reports
+    /// [`PushOutcome::Full`]. A closed queue returns [`PushOutcome::Closed`].
+    ///
+    /// This is the synchronous entry point, for producers outside async code (a callback, a
+    /// sensor thread). It never waits for room, but it takes the buffer lock without
+    /// yielding: if another thread holds it, this thread blocks for that critical section
+    /// (a few instructions; no lock is held across an `.await`). From a task, call
+    /// [`push`](Queue::push): under `DropNewest` and `DropOldest` it never waits for room
+    /// either, and it waits for the lock without blocking the executor's thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, PushOutcome, Queue};
+    ///
+    /// let queue = Queue::new(1, Policy::Block)?;
+    /// assert_eq!(queue.try_push(1), PushOutcome::Accepted);
+    /// assert_eq!(queue.try_push(2), PushOutcome::Full(2));
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn try_push(&self, item: T) -> PushOutcome<T> {
+        match self.shed_if_full(item) {
+            Ok(item) => self.push_locked(self.lock_now(), item),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Sheds `item` without taking the lock if the policy is `DropNewest` and the queue is
+    /// full; otherwise hands it back to be pushed under the lock.
+    fn shed_if_full(&self, item: T) -> Result<T, PushOutcome<T>> {
+        if self.policy != Policy::DropNewest || self.items.available_permits() < self.capacity {
+            return Ok(item);
+        }
+        // By invariant 1 the queue is full at this instant, and no lock is needed to know it;
+        // unless the permits are close's flood (invariant 3), which `closed` tells. Acquire:
+        // pairs with the Release in `close`, which comes before the flood.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PushOutcome::Closed(item));
+        }
+        // Relaxed: a counter. A report may miss a shed racing with close, but then it misses
+        // it in `produced` as well, since produced = accepted + shed.
+        self.counts.shed.fetch_add(1, Ordering::Relaxed);
+        Err(PushOutcome::Shed(item))
+    }
+
+    /// Applies the policy with the buffer lock held. Under `Block` a full queue gives
+    /// [`PushOutcome::Full`]; [`push`](Queue::push) waits instead of calling this.
+    fn push_locked(&self, mut buf: MutexGuard<'_, VecDeque<T>>, item: T) -> PushOutcome<T> {
+        // Acquire: pairs with the Release in `close` (invariant 3).
+        if self.closed.load(Ordering::Acquire) {
+            return PushOutcome::Closed(item);
+        }
+        if buf.len() < self.capacity {
+            self.enqueue(buf, item);
+            return PushOutcome::Accepted;
+        }
+        // The counters below change under the lock, so a report that takes the lock after close
+        // sees every accepted item counted. Relaxed: the lock orders them.
+        match self.policy {
+            Policy::DropNewest => {
+                self.counts.shed.fetch_add(1, Ordering::Relaxed);
+                drop(buf);
+                PushOutcome::Shed(item)
+            }
+            Policy::DropOldest => {
+                // One out, one in: the permit count is untouched (invariant 2).
+                let oldest = buf.pop_front();
+                buf.push_back(item);
+                self.counts.accepted.fetch_add(1, Ordering::Relaxed);
+                self.counts.evicted.fetch_add(1, Ordering::Relaxed);
+                drop(buf);
+                match oldest {
+                    Some(oldest) => PushOutcome::Evicted(oldest),
+                    // The capacity is at least 1, so a full buffer has a front.
+                    None => PushOutcome::Accepted,
+                }
+            }
+            Policy::Block => PushOutcome::Full(item),
+        }
+    }
+
+    /// Adds `item` to a buffer with room, then makes it available to poppers (invariant 1).
+    fn enqueue(&self, mut buf: MutexGuard<'_, VecDeque<T>>, item: T) {
+        buf.push_back(item);
+        // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
+        self.len.store(buf.len(), Ordering::Relaxed);
+        // Under the lock, so a report that takes the lock after close sees it counted.
+        // Relaxed: the lock orders it.
+        self.counts.accepted.fetch_add(1, Ordering::Relaxed);
+        drop(buf);
+        self.items.add_permits(1);
+    }
+
+    /// Removes the oldest item, waiting until there is one.
+    ///
+    /// Returns `None` only when the queue is closed and holds no item that is not already
+    /// claimed by another popper.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. Until the item is taken, the permit that reserves it is held by a guard that
+    /// gives it back when dropped (waking the next popper); the item is taken in the same poll
+    /// that returns it. A pop dropped at any point leaves the item in the queue.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// # smol::block_on(async {
+    /// let queue = Queue::new(2, Policy::DropOldest)?;
+    /// let _ = queue.try_push(7);
+    /// assert_eq!(queue.pop().await, Some(7));
+    /// queue.close();
+    /// assert_eq!(queue.pop().await, None);
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn pop(&self) -> Option<T> {
+        // A fresh `acquire()` per pop, dropped as soon as it completes, keeps the semaphore's
+        // wake-ups chaining from one popper to the next.
+        let permit = self.items.acquire().await;
+        let mut buf = self.buf.lock().await;
+        let item = buf.pop_front();
+        // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
+        self.len.store(buf.len(), Ordering::Relaxed);
+        drop(buf);
+        match item {
+            Some(item) => {
+                // The permit stood for this item (invariant 1): consume it.
+                permit.forget();
+                if self.policy == Policy::Block {
+                    self.room.notify(1);
+                }
+                Some(item)
+            }
+            // Only a flood permit finds the buffer empty, and by invariant 3 that is final.
+            // Dropping the permit hands it on to the next waiting popper.
+            None => None,
+        }
+    }
+
+    /// Closes the queue. Returns `true` if this call closed it.
+    ///
+    /// Later pushes return [`PushOutcome::Closed`]; items already queued stay poppable; every
+    /// waiting popper and producer is woken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// let queue = Queue::<u8>::new(1, Policy::Block)?;
+    /// assert!(queue.close());
+    /// assert!(!queue.close());
+    /// assert!(queue.is_closed());
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn close(&self) -> bool {
+        // AcqRel: the Release half publishes the close to pushers, who read it under the
+        // buffer lock (invariant 3); the swap decides which caller closed it.
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.items.add_permits(CLOSE_FLOOD);
+        self.room.notify(usize::MAX);
+        true
+    }
+
+    /// Whether the queue is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// let queue = Queue::<u8>::new(1, Policy::Block)?;
+    /// assert!(!queue.is_closed());
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        // Acquire: pairs with the Release store in `close`.
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The number of items in the queue at this instant.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// let queue = Queue::new(4, Policy::Block)?;
+    /// let _ = queue.try_push(1);
+    /// assert_eq!(queue.len(), 1);
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn len(&self) -> usize {
+        // Relaxed: a snapshot; it is stale as soon as it is read anyway.
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the queue holds no item at this instant.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// let queue = Queue::<u8>::new(4, Policy::Block)?;
+    /// assert!(queue.is_empty());
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most items the queue holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// assert_eq!(Queue::<u8>::new(3, Policy::Block)?.capacity(), 3);
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The policy applied when the queue is full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// assert_eq!(Queue::<u8>::new(3, Policy::DropOldest)?.policy(), Policy::DropOldest);
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Removes every item left in a closed queue (invariant 2).
+    pub(crate) async fn take_all(&self) -> VecDeque<T> {
+        debug_assert!(self.is_closed());
+        let mut buf = self.buf.lock().await;
+        self.len.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *buf)
+    }
+
+    pub(crate) fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Takes the buffer lock without yielding, blocking the thread if another holds it.
+    fn lock_now(&self) -> MutexGuard<'_, VecDeque<T>> {
+        match self.buf.try_lock() {
+            Some(buf) => buf,
+            None => self.buf.lock_blocking(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("capacity", &self.capacity)
+            .field("policy", &self.policy)
+            .field("len", &self.len())
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
