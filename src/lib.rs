@@ -81,6 +81,11 @@ pub use spawner::{BoxFuture, SpawnError, Spawner};
 
 #[cfg(feature = "async-std")]
 pub use spawner::AsyncStdSpawner;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(all(doctest, feature = "smol"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 #[cfg(feature = "tokio")]
 pub use spawner::TokioSpawner;
 #[cfg(feature = "smol")]

@@ -31,7 +31,8 @@ use crate::spawner::{SpawnError, Spawner};
 /// Configures and starts a [`Pipeline`]. Made by [`Pipeline::builder`].
 ///
 /// The capacity and the policy are required; the rest have defaults: 1 worker, a 5 s drain
-/// deadline, a 1 s grace, no parent token.
+/// deadline, a 1 s grace, 1 s before an aborted worker is named unresponsive, no parent
+/// token.
 ///
 /// # Examples
 ///
@@ -64,6 +65,7 @@ pub struct PipelineBuilder {
     workers: usize,
     deadline: Duration,
     grace: Duration,
+    unresponsive_after: Duration,
     parent: Option<CancellationToken>,
     worker_token: CancellationToken,
 }
@@ -108,10 +110,9 @@ impl PipelineBuilder {
         self
     }
 
-    /// Sets how long shutdown waits, after the deadline, first for workers to stop on their
-    /// own once the [worker token](PipelineBuilder::worker_token) is cancelled, and then
-    /// for aborted workers to end (default 1 s). A worker still running after both is
-    /// reported unresponsive: shutdown never waits longer than deadline + 2 × grace.
+    /// Sets how long shutdown waits, after the deadline, for workers to stop on their own
+    /// once the [worker token](PipelineBuilder::worker_token) is cancelled, before it aborts
+    /// them (default 1 s).
     ///
     /// # Examples
     ///
@@ -124,6 +125,25 @@ impl PipelineBuilder {
     /// ```
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// Sets how long shutdown waits for aborted workers to end before it names them
+    /// unresponsive (default 1 s). An aborted worker ends at its next poll, so only a worker
+    /// blocked in synchronous code takes this long. Shutdown never waits longer than
+    /// deadline + grace + this.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Pipeline, Policy};
+    ///
+    /// let builder = Pipeline::builder(4, Policy::Block).unresponsive_after(Duration::from_secs(2));
+    /// # drop(builder);
+    /// ```
+    pub fn unresponsive_after(mut self, wait: Duration) -> Self {
+        self.unresponsive_after = wait;
         self
     }
 
@@ -181,7 +201,7 @@ impl PipelineBuilder {
     /// # Examples
     ///
     /// ```
-    /// use backpressure_pipeline::{BuildError, ConfigError, Pipeline, Policy, SmolSpawner};
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
     ///
     /// let err = Pipeline::builder(0, Policy::Block)
     ///     .spawn(SmolSpawner::new(), |_: u8| async {})
@@ -233,6 +253,7 @@ impl PipelineBuilder {
             spawner: Arc::new(spawner),
             deadline: self.deadline,
             grace: self.grace,
+            unresponsive_after: self.unresponsive_after,
             state: async_lock::Mutex::new(state),
         })
     }
@@ -246,6 +267,7 @@ impl fmt::Debug for PipelineBuilder {
             .field("workers", &self.workers)
             .field("deadline", &self.deadline)
             .field("grace", &self.grace)
+            .field("unresponsive_after", &self.unresponsive_after)
             .field("parent", &self.parent)
             .finish_non_exhaustive()
     }
@@ -295,6 +317,7 @@ pub struct Pipeline<T> {
     spawner: Arc<dyn Spawner>,
     deadline: Duration,
     grace: Duration,
+    unresponsive_after: Duration,
     state: async_lock::Mutex<State>,
 }
 
@@ -348,6 +371,7 @@ impl PipelineBuilder {
             workers: 1,
             deadline: Duration::from_secs(5),
             grace: Duration::from_secs(1),
+            unresponsive_after: Duration::from_secs(1),
             parent: None,
             worker_token: CancellationToken::new(),
         }
@@ -505,10 +529,11 @@ impl<T: Send + 'static> Pipeline<T> {
     /// Shuts the pipeline down and reports what became of every item and every worker.
     ///
     /// The sequence: stop intake → close the queue → the workers drain the backlog until the
-    /// deadline → cancel the worker token and wait one grace for workers to stop → abort
-    /// the rest and wait one more grace → join every worker, naming those still running
-    /// unresponsive → count what is left in the queue as abandoned. It never waits longer
-    /// than deadline + 2 × grace.
+    /// deadline → cancel the worker token and wait one [grace](PipelineBuilder::grace) for
+    /// workers to stop → abort the rest → join every worker, naming those still running
+    /// after [`unresponsive_after`](PipelineBuilder::unresponsive_after) unresponsive →
+    /// count what is left in the queue as abandoned. It never waits longer than
+    /// deadline + grace + `unresponsive_after`.
     ///
     /// Calling it again, or concurrently, returns the same report.
     ///
@@ -563,7 +588,8 @@ impl<T: Send + 'static> Pipeline<T> {
                 }
                 // Those still running after this are unresponsive (blocked in synchronous
                 // code); they are named in the report, not awaited forever.
-                self.join_within(&mut state.workers, self.grace).await;
+                self.join_within(&mut state.workers, self.unresponsive_after)
+                    .await;
             }
         }
         let left_in_queue = self.shared.queue.take_all().await.len() as u64;

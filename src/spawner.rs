@@ -59,6 +59,13 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 ///         })
 ///     }
 /// }
+///
+/// # smol::block_on(async {
+/// let pipeline = backpressure_pipeline::Pipeline::builder(4, backpressure_pipeline::Policy::Block)
+///     .spawn(ThreadPerTask, |_: u8| async {})?;
+/// assert!(pipeline.shutdown().await.all_joined());
+/// # Ok::<(), backpressure_pipeline::BuildError>(())
+/// # }).unwrap();
 /// ```
 pub trait Spawner: fmt::Debug + Send + Sync + 'static {
     /// Starts running `task` in the background.
