@@ -356,18 +356,26 @@ fn unlink(node: &Arc<Node>) {
     // when that parent was itself unlinked (we moved up one level) or cancelled (we lost our
     // parent); both happen at most once per ancestor, so the loop terminates.
     loop {
-        let parent = node.lock().parent.clone();
-        let Some(parent) = parent else {
-            // A root: our children become roots.
-            let children = node.lock().take_children();
-            for child in children {
-                let mut links = child.lock();
-                if links.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, node)) {
-                    links.parent = None;
+        let mut links = node.lock();
+        let Some(parent) = links.parent.clone() else {
+            // A root: our children become roots. Hold our lock throughout (lock order: node,
+            // then child), so that a child unlinking at the same time either hands us its
+            // children before we take them, or waits and finds itself a root; it cannot hand
+            // them to us after we have let go, which would leave them linked to a dead node.
+            for child in links.take_children() {
+                let mut child_links = child.lock();
+                if child_links
+                    .parent
+                    .as_ref()
+                    .is_some_and(|p| Arc::ptr_eq(p, node))
+                {
+                    child_links.parent = None;
                 }
             }
             return;
         };
+        // Lock order: release ours before taking the parent's.
+        drop(links);
         let mut parent_links = parent.lock();
         let mut links = node.lock();
         if !links
@@ -531,5 +539,153 @@ impl fmt::Debug for DropGuard {
         f.debug_struct("DropGuard")
             .field("token", &self.token)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots in the parent's `children`, free or not: what the parent's memory grows with.
+    fn slots(token: &CancellationToken) -> usize {
+        token.node.lock().children.len()
+    }
+
+    /// Children linked to the parent right now.
+    fn live_children(token: &CancellationToken) -> usize {
+        token.node.lock().children.iter().flatten().count()
+    }
+
+    fn parent_of(token: &CancellationToken) -> Option<Arc<Node>> {
+        token.node.lock().parent.clone()
+    }
+
+    #[test]
+    fn a_parent_does_not_grow_while_children_come_and_go_one_at_a_time() {
+        let parent = CancellationToken::new();
+        for _ in 0..10_000 {
+            let child = parent.child_token();
+            assert_eq!(live_children(&parent), 1);
+            assert!(slots(&parent) <= 1);
+            drop(child);
+            assert_eq!(live_children(&parent), 0);
+        }
+        assert!(slots(&parent) <= 1);
+    }
+
+    #[test]
+    fn a_parent_does_not_grow_past_its_live_children() {
+        const LIVE: usize = 10;
+        let parent = CancellationToken::new();
+        let mut window = std::collections::VecDeque::new();
+        for _ in 0..10_000 {
+            if window.len() == LIVE {
+                drop(window.pop_front());
+            }
+            window.push_back(parent.child_token());
+            assert!(live_children(&parent) <= LIVE);
+            assert!(slots(&parent) <= LIVE, "{} slots", slots(&parent));
+        }
+        drop(window);
+        assert_eq!(live_children(&parent), 0);
+        assert!(slots(&parent) <= LIVE);
+    }
+
+    #[test]
+    fn cancelled_children_leave_their_parent() {
+        let parent = CancellationToken::new();
+        for _ in 0..1_000 {
+            let child = parent.child_token();
+            assert!(child.cancel());
+            assert_eq!(live_children(&parent), 0);
+            drop(child);
+        }
+        assert!(slots(&parent) <= 1);
+    }
+
+    #[test]
+    fn dropping_a_middle_node_moves_its_children_up() {
+        let root = CancellationToken::new();
+        let middle = root.child_token();
+        let sibling = root.child_token();
+        let grandchildren: Vec<_> = (0..3).map(|_| middle.child_token()).collect();
+        assert_eq!(live_children(&root), 2);
+        assert_eq!(live_children(&middle), 3);
+
+        drop(middle);
+        // The middle node left; its three children took its place beside the sibling.
+        assert_eq!(live_children(&root), 4);
+        for grandchild in &grandchildren {
+            let parent = parent_of(grandchild).expect("re-parented, not orphaned");
+            assert!(Arc::ptr_eq(&parent, &root.node));
+        }
+        drop(sibling);
+        assert_eq!(live_children(&root), 3);
+        drop(grandchildren);
+        assert_eq!(live_children(&root), 0);
+    }
+
+    #[test]
+    fn dropping_a_root_unlinks_its_children() {
+        let root = CancellationToken::new();
+        let children: Vec<_> = (0..3).map(|_| root.child_token()).collect();
+        let weak = Arc::downgrade(&root.node);
+        drop(root);
+        // No child keeps the dead root alive, and none still points at it.
+        assert!(weak.upgrade().is_none());
+        assert!(children.iter().all(|c| parent_of(c).is_none()));
+    }
+
+    /// A root and its child dropped at the same moment: the grandchild must end up a root,
+    /// not linked to the dead root (which it would keep alive).
+    #[test]
+    fn a_root_and_its_child_dropped_together_leave_the_grandchild_a_root() {
+        use std::sync::{mpsc, Barrier};
+        use std::thread;
+
+        const ROUNDS: usize = 5_000;
+        let barrier = Arc::new(Barrier::new(3));
+        let droppers: Vec<_> = (0..2)
+            .map(|_| {
+                let (send, recv) = mpsc::channel::<CancellationToken>();
+                let barrier = barrier.clone();
+                let thread = thread::spawn(move || {
+                    for token in recv {
+                        barrier.wait();
+                        drop(token);
+                        barrier.wait();
+                    }
+                });
+                (send, thread)
+            })
+            .collect();
+        for _ in 0..ROUNDS {
+            let root = CancellationToken::new();
+            let child = root.child_token();
+            let grandchild = child.child_token();
+            let dead_root = Arc::downgrade(&root.node);
+            droppers[0].0.send(root).expect("dropper 0 runs");
+            droppers[1].0.send(child).expect("dropper 1 runs");
+            barrier.wait(); // both drop now
+            barrier.wait(); // both dropped
+            assert!(parent_of(&grandchild).is_none());
+            assert!(dead_root.upgrade().is_none(), "the dead root is kept alive");
+        }
+        for (send, thread) in droppers {
+            drop(send);
+            thread.join().expect("a dropper panicked");
+        }
+    }
+
+    #[test]
+    fn cancel_takes_every_link_down() {
+        let root = CancellationToken::new();
+        let a = root.child_token();
+        let b = a.child_token();
+        assert!(root.cancel());
+        assert_eq!(slots(&root), 0);
+        assert_eq!(slots(&a), 0);
+        assert!(parent_of(&a).is_none());
+        assert!(parent_of(&b).is_none());
     }
 }

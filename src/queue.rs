@@ -24,16 +24,13 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use async_lock::{Mutex, MutexGuard, Semaphore};
-use event_listener::Event;
+use event_listener::{Event, IntoNotification};
 
 use crate::policy::{ConfigError, Policy, PushOutcome};
 
 /// Permits added on close: enough to let every popper through, and far from overflow because
 /// the capacity is at most [`Queue::MAX_CAPACITY`].
 const CLOSE_FLOOD: usize = usize::MAX >> 1;
-
-/// Items preallocated at most, so that a huge capacity costs memory only when it is used.
-const MAX_PREALLOCATED: usize = 1024;
 
 /// A bounded MPMC hand-off queue with an explicit policy for when it is full.
 ///
@@ -116,7 +113,8 @@ impl<T> Queue<T> {
         }
         Ok(Queue {
             items: Semaphore::new(0),
-            buf: Mutex::new(VecDeque::with_capacity(capacity.min(MAX_PREALLOCATED))),
+            // Nothing up front: the buffer grows as items arrive, to `capacity` at most.
+            buf: Mutex::new(VecDeque::new()),
             room: Event::new(),
             closed: AtomicBool::new(false),
             len: AtomicUsize::new(0),
@@ -307,7 +305,10 @@ impl<T> Queue<T> {
                 // The permit stood for this item (invariant 1): consume it.
                 permit.forget();
                 if self.policy == Policy::Block {
-                    self.room.notify(1);
+                    // One more slot, one more producer: `additional`, so that slots freed in
+                    // a burst wake as many producers, not one. If the notified producer was
+                    // cancelled, its listener passes the notification on.
+                    self.room.notify(1.additional());
                 }
                 Some(item)
             }

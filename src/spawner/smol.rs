@@ -1,7 +1,7 @@
 //! Spawners for smol: its global executor, and any `async_executor::Executor`.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_executor::Executor;
@@ -53,13 +53,14 @@ impl Spawner for SmolSpawner {
 /// Spawns on an [`async_executor::Executor`] the application owns and runs; sleeps on
 /// `async-io`'s timer. This is how the pipeline embeds in an existing smol application.
 ///
-/// The workers make progress only while the application runs the executor. If it drops the
-/// executor, the workers are dropped with it and the report counts them as aborted.
+/// The workers make progress only while the application runs the executor. The spawner does
+/// not keep the executor alive: when the application drops it, the workers are dropped with
+/// it (the report counts them as aborted), and spawning fails with a [`SpawnError`].
 ///
 /// # Examples
 ///
 /// ```
-/// use std::sync::Arc;
+/// use std::sync::{Arc, Weak};
 /// use backpressure_pipeline::{ExecutorSpawner, Pipeline, Policy};
 ///
 /// let ex = Arc::new(smol::Executor::new());
@@ -79,13 +80,15 @@ impl Spawner for SmolSpawner {
 #[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
 #[derive(Clone)]
 pub struct ExecutorSpawner {
-    executor: Arc<Executor<'static>>,
+    executor: Weak<Executor<'static>>,
 }
 
 impl ExecutorSpawner {
-    /// A spawner for `executor`.
+    /// A spawner for `executor`, which the application keeps and runs.
     pub fn new(executor: Arc<Executor<'static>>) -> ExecutorSpawner {
-        ExecutorSpawner { executor }
+        ExecutorSpawner {
+            executor: Arc::downgrade(&executor),
+        }
     }
 }
 
@@ -97,9 +100,13 @@ impl fmt::Debug for ExecutorSpawner {
 
 impl Spawner for ExecutorSpawner {
     fn spawn(&self, task: BoxFuture) -> Result<(), SpawnError> {
+        let executor = self
+            .executor
+            .upgrade()
+            .ok_or(SpawnError::new("the executor was dropped"))?;
         // The pipeline joins its workers itself; if the executor is dropped, the task is too,
         // and the pipeline sees its worker end without an outcome.
-        self.executor.spawn(task).detach();
+        executor.spawn(task).detach();
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! A spawner for tokio.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::runtime::Handle;
 
 use super::{BoxFuture, SpawnError, Spawner};
@@ -52,7 +54,7 @@ impl TokioSpawner {
         // ask by creating one and catching that panic, here, once.
         let has_timer = {
             let _enter = handle.enter();
-            std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
+            catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
         };
         if !has_timer {
             return Err(SpawnError::new(
@@ -83,7 +85,18 @@ impl Spawner for TokioSpawner {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture {
-        let _enter = self.handle.enter();
-        Box::pin(tokio::time::sleep(duration))
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            // tokio panics when a timer is made or polled after its runtime shut down. A
+            // runtime torn down under a pipeline has dropped its workers already; the sleep
+            // then ends at once, so shutdown goes on to its report instead of panicking.
+            let sleep = {
+                let _enter = handle.enter();
+                catch_unwind(|| tokio::time::sleep(duration))
+            };
+            if let Ok(sleep) = sleep {
+                let _ = AssertUnwindSafe(sleep).catch_unwind().await;
+            }
+        })
     }
 }
