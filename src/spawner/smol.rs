@@ -60,7 +60,7 @@ impl Spawner for SmolSpawner {
 /// # Examples
 ///
 /// ```
-/// use std::sync::{Arc, Weak};
+/// use std::sync::Arc;
 /// use backpressure_pipeline::{ExecutorSpawner, Pipeline, Policy};
 ///
 /// let ex = Arc::new(smol::Executor::new());
