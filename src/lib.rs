@@ -67,17 +67,23 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+mod adapters;
 mod cancel;
 mod pipeline;
 mod policy;
 mod queue;
+#[cfg(feature = "tracing")]
+mod shed_log;
 mod spawner;
+mod stats;
 
+pub use adapters::{PopStream, PushSink};
 pub use cancel::{CancellationToken, DropGuard, WaitForCancellation, WaitForCancellationOwned};
-pub use pipeline::{BuildError, Pipeline, PipelineBuilder, Report, StopCause};
+pub use pipeline::{BuildError, Pipeline, PipelineBuilder, Producer, Report, StopCause};
 pub use policy::{ConfigError, Policy, PushOutcome};
 pub use queue::Queue;
 pub use spawner::{BoxFuture, SpawnError, Spawner};
+pub use stats::{QueueStats, Stats};
 
 #[cfg(feature = "async-std")]
 pub use spawner::AsyncStdSpawner;

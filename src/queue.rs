@@ -27,6 +27,7 @@ use async_lock::{Mutex, MutexGuard, Semaphore};
 use event_listener::{Event, IntoNotification};
 
 use crate::policy::{ConfigError, Policy, PushOutcome};
+use crate::stats::{Meter, QueueStats};
 
 /// Permits added on close: enough to let every popper through, and far from overflow because
 /// the capacity is at most [`Queue::MAX_CAPACITY`].
@@ -68,6 +69,7 @@ pub struct Queue<T> {
     capacity: usize,
     policy: Policy,
     counts: Counts,
+    meter: Meter,
 }
 
 /// Push outcomes counted by the queue; read by the pipeline's report.
@@ -121,6 +123,7 @@ impl<T> Queue<T> {
             capacity,
             policy,
             counts: Counts::default(),
+            meter: Meter::new(),
         })
     }
 
@@ -259,6 +262,7 @@ impl<T> Queue<T> {
         buf.push_back(item);
         // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
         self.len.store(buf.len(), Ordering::Relaxed);
+        self.meter.after_push(buf.len(), self.capacity);
         // Under the lock, so a report that takes the lock after close sees it counted.
         // Relaxed: the lock orders it.
         self.counts.accepted.fetch_add(1, Ordering::Relaxed);
@@ -296,6 +300,7 @@ impl<T> Queue<T> {
         // wake-ups chaining from one popper to the next.
         let permit = self.items.acquire().await;
         let mut buf = self.buf.lock().await;
+        self.meter.before_pop(buf.len(), self.capacity);
         let item = buf.pop_front();
         // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
         self.len.store(buf.len(), Ordering::Relaxed);
@@ -316,6 +321,70 @@ impl<T> Queue<T> {
             // Dropping the permit hands it on to the next waiting popper.
             None => None,
         }
+    }
+
+    /// Removes up to `limit` items at once, oldest first, waiting until there is at least one.
+    ///
+    /// One wait, one lock and one wake-up for a whole batch: for consumers that amortise
+    /// (write a batch to a database, send a batch over the network). Returns an empty `Vec`
+    /// only when the queue is closed and empty, or when `limit` is 0.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`pop`](Queue::pop): the batch is taken in the poll that returns it, and
+    /// a `pop_many` dropped before that leaves every item in the queue.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// # smol::block_on(async {
+    /// let queue = Queue::new(8, Policy::Block)?;
+    /// for i in 0..5 {
+    ///     let _ = queue.push(i).await;
+    /// }
+    /// assert_eq!(queue.pop_many(3).await, [0, 1, 2]);
+    /// assert_eq!(queue.pop_many(10).await, [3, 4]);
+    /// queue.close();
+    /// assert!(queue.pop_many(10).await.is_empty());
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn pop_many(&self, limit: usize) -> Vec<T> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        let first = self.items.acquire().await;
+        let mut buf = self.buf.lock().await;
+        // More permits, taken with the lock held and no `.await` until the items are taken,
+        // so a cancelled `pop_many` cannot strand them. By invariant 1 each one stands for an
+        // item in the buffer beyond those reserved by other poppers.
+        let mut reserved = 1;
+        while reserved < limit {
+            match self.items.try_acquire() {
+                Some(permit) => permit.forget(),
+                None => break,
+            }
+            reserved += 1;
+        }
+        self.meter.before_pop(buf.len(), self.capacity);
+        // After close the permits may be flood permits (invariant 3), so the buffer may hold
+        // fewer.
+        let taken = reserved.min(buf.len());
+        let batch: Vec<T> = buf.drain(..taken).collect();
+        // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
+        self.len.store(buf.len(), Ordering::Relaxed);
+        drop(buf);
+        if batch.is_empty() {
+            // Closed and empty (invariant 3); the permit goes on to the next popper.
+            return batch;
+        }
+        first.forget();
+        if self.policy == Policy::Block {
+            self.room.notify(batch.len().additional());
+        }
+        batch
     }
 
     /// Closes the queue. Returns `true` if this call closed it.
@@ -421,10 +490,38 @@ impl<T> Queue<T> {
         self.policy
     }
 
+    /// A snapshot of the queue's counters: accepted, shed, evicted, length, peak length and
+    /// time spent full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// let queue = Queue::new(1, Policy::DropOldest)?;
+    /// let _ = queue.try_push(1);
+    /// let _ = queue.try_push(2);
+    /// let stats = queue.stats();
+    /// assert_eq!((stats.accepted, stats.evicted, stats.len), (2, 1, 1));
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn stats(&self) -> QueueStats {
+        // Relaxed: a snapshot, each counter on its own.
+        QueueStats {
+            accepted: self.counts.accepted.load(Ordering::Relaxed),
+            shed: self.counts.shed.load(Ordering::Relaxed),
+            evicted: self.counts.evicted.load(Ordering::Relaxed),
+            len: self.len(),
+            peak_len: self.meter.peak(),
+            time_full: self.meter.time_full(),
+        }
+    }
+
     /// Removes every item left in a closed queue (invariant 2).
     pub(crate) async fn take_all(&self) -> VecDeque<T> {
         debug_assert!(self.is_closed());
         let mut buf = self.buf.lock().await;
+        self.meter.before_pop(buf.len(), self.capacity);
         self.len.store(0, Ordering::Relaxed);
         std::mem::take(&mut *buf)
     }

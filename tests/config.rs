@@ -27,7 +27,7 @@ async fn bad_configuration_is_a_clear_error(sp: Sp) {
         Err(BuildError::Config(ConfigError::CapacityTooLarge))
     );
     assert_eq!(
-        build(1, PipelineBuilder::MAX_WORKERS + 1),
+        build(1, PipelineBuilder::<u8>::MAX_WORKERS + 1),
         Err(BuildError::Config(ConfigError::TooManyWorkers))
     );
     assert_eq!(

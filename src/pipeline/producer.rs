@@ -1,0 +1,219 @@
+//! The producer side: the state shared by the pipeline, its producers and its workers, and
+//! the cloneable [`Producer`] handle.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::cancel::CancellationToken;
+use crate::policy::PushOutcome;
+use crate::queue::Queue;
+use crate::stats::Stats;
+
+/// The hook called with each shed or evicted item.
+pub(super) type ShedHook<T> = Box<dyn Fn(&T) + Send + Sync>;
+
+pub(super) struct Shared<T> {
+    pub(super) queue: Queue<T>,
+    /// Cancelled to stop intake: by shutdown, by the parent, or by dropping the pipeline.
+    pub(super) stop: CancellationToken,
+    /// Cancelled when the deadline passes: workers take no new item.
+    pub(super) worker_token: CancellationToken,
+    /// Items popped by a worker (the pipeline's invariant 1).
+    pub(super) started: AtomicU64,
+    pub(super) processed: AtomicU64,
+    pub(super) panicked: AtomicU64,
+    pub(super) on_shed: Option<ShedHook<T>>,
+    #[cfg(feature = "tracing")]
+    pub(super) shed_log: crate::shed_log::ShedLog,
+}
+
+impl<T> Shared<T> {
+    pub(super) async fn push(&self, item: T) -> PushOutcome<T> {
+        self.close_if_stopped();
+        let outcome = self.queue.push(item).await;
+        self.observe(&outcome);
+        outcome
+    }
+
+    pub(super) fn try_push(&self, item: T) -> PushOutcome<T> {
+        self.close_if_stopped();
+        let outcome = self.queue.try_push(item);
+        self.observe(&outcome);
+        outcome
+    }
+
+    /// An external stop (the parent token) closes the queue at the next push, if no worker
+    /// has noticed it yet.
+    fn close_if_stopped(&self) {
+        if self.stop.is_cancelled() {
+            self.queue.close();
+        }
+    }
+
+    /// Makes loss visible beyond the returned item: the hook, and the log. Runs in the
+    /// producer's task, after the queue's lock was released.
+    fn observe(&self, outcome: &PushOutcome<T>) {
+        match outcome {
+            PushOutcome::Shed(item) | PushOutcome::Evicted(item) => {
+                if let Some(hook) = &self.on_shed {
+                    hook(item);
+                }
+                #[cfg(feature = "tracing")]
+                self.shed_log.shed(&self.queue);
+            }
+            #[cfg(feature = "tracing")]
+            PushOutcome::Accepted => self.shed_log.accepted(),
+            _ => {}
+        }
+    }
+
+    pub(super) fn stats(&self) -> Stats {
+        let queue = self.queue.stats();
+        // Relaxed: a snapshot, each counter on its own.
+        Stats {
+            produced: queue.accepted + queue.shed,
+            processed: self.processed.load(Ordering::Relaxed),
+            dropped: queue.shed + queue.evicted,
+            panicked: self.panicked.load(Ordering::Relaxed),
+            depth: queue.len,
+            peak_depth: queue.peak_len,
+            time_full: queue.time_full,
+        }
+    }
+}
+
+/// A cloneable handle for producers: push into a [`Pipeline`](crate::Pipeline) from many
+/// tasks without sharing the pipeline itself. Made by
+/// [`Pipeline::producer`](crate::Pipeline::producer).
+///
+/// A producer does not keep the workers alive: once the pipeline is shut down or dropped,
+/// pushes return [`PushOutcome::Closed`] with the item.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+///
+/// # smol::block_on(async {
+/// let pipeline = Pipeline::builder(8, Policy::Block).workers(2).spawn(SmolSpawner::new(), |_: u32| async {})?;
+/// let tasks: Vec<_> = (0..4)
+///     .map(|p| {
+///         let producer = pipeline.producer();
+///         smol::spawn(async move {
+///             for i in 0..25 {
+///                 let _ = producer.push(p * 100 + i).await;
+///             }
+///         })
+///     })
+///     .collect();
+/// for task in tasks {
+///     task.await;
+/// }
+/// assert_eq!(pipeline.shutdown().await.processed, 100);
+/// # Ok::<(), backpressure_pipeline::BuildError>(())
+/// # }).unwrap();
+/// ```
+pub struct Producer<T> {
+    pub(super) shared: Arc<Shared<T>>,
+}
+
+impl<T> Producer<T> {
+    /// Pushes an item, waiting for room only under [`Policy::Block`](crate::Policy::Block);
+    /// as [`Pipeline::push`](crate::Pipeline::push).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a push dropped before it completes never enqueued its item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, PushOutcome, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(2, Policy::Block).spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// let producer = pipeline.producer();
+    /// assert_eq!(producer.push(1).await, PushOutcome::Accepted);
+    /// pipeline.shutdown().await;
+    /// assert_eq!(producer.push(2).await, PushOutcome::Closed(2));
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn push(&self, item: T) -> PushOutcome<T> {
+        self.shared.push(item).await
+    }
+
+    /// Pushes an item without waiting for room; as
+    /// [`Pipeline::try_push`](crate::Pipeline::try_push), meant for synchronous producers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(2, Policy::DropOldest).spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// let producer = pipeline.producer();
+    /// std::thread::spawn(move || assert!(producer.try_push(1).is_accepted())).join().unwrap();
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn try_push(&self, item: T) -> PushOutcome<T> {
+        self.shared.try_push(item)
+    }
+
+    /// A live snapshot of the pipeline's counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(2, Policy::Block).spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// let producer = pipeline.producer();
+    /// let _ = producer.push(1).await;
+    /// assert_eq!(producer.stats().produced, 1);
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Whether intake has stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(2, Policy::Block).spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// let producer = pipeline.producer();
+    /// drop(pipeline);
+    /// assert!(producer.is_closed());
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.shared.queue.is_closed()
+    }
+}
+
+impl<T> Clone for Producer<T> {
+    fn clone(&self) -> Producer<T> {
+        Producer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Producer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("queue", &self.shared.queue)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,193 @@
+//! What a shut-down pipeline reports, and why a pipeline may fail to start.
+
+use std::fmt;
+
+use crate::policy::ConfigError;
+use crate::spawner::SpawnError;
+
+/// What a finished run did with every item and every worker, returned by
+/// [`Pipeline::shutdown`].
+///
+/// On every path, `produced == processed + dropped + abandoned + panicked`
+/// ([`is_conserved`](Report::is_conserved)).
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+///
+/// # smol::block_on(async {
+/// let pipeline = Pipeline::builder(2, Policy::Block).spawn(SmolSpawner::new(), |_: u8| async {})?;
+/// let report = pipeline.shutdown().await;
+/// assert!(report.is_conserved());
+/// assert!(report.all_joined());
+/// println!("{report}");
+/// # Ok::<(), backpressure_pipeline::BuildError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Items pushed while the pipeline was open: accepted, or shed by the policy.
+    pub produced: u64,
+    /// Items whose worker future completed.
+    pub processed: u64,
+    /// Items discarded by the policy: incoming ones shed under `DropNewest`, buffered ones
+    /// evicted under `DropOldest`.
+    pub dropped: u64,
+    /// Accepted items never processed because the deadline passed: left in the queue, or in
+    /// flight in a worker that was stopped or is unresponsive.
+    pub abandoned: u64,
+    /// Items whose worker future panicked.
+    pub panicked: u64,
+    /// Workers started.
+    pub workers_spawned: usize,
+    /// Workers whose task ended and was joined (including the aborted ones).
+    pub workers_joined: usize,
+    /// Joined workers that were aborted, or dropped unfinished by their runtime.
+    pub workers_aborted: usize,
+    /// Workers still running when shutdown gave up on them (blocked in synchronous code).
+    pub workers_unresponsive: usize,
+    /// What started the shutdown.
+    pub cause: StopCause,
+    /// Whether the deadline passed before the backlog was drained.
+    pub deadline_exceeded: bool,
+}
+
+impl Report {
+    /// Whether `produced == processed + dropped + abandoned + panicked`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(2, Policy::Block).spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// assert!(pipeline.shutdown().await.is_conserved());
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn is_conserved(&self) -> bool {
+        self.produced == self.processed + self.dropped + self.abandoned + self.panicked
+    }
+
+    /// Whether every spawned worker was joined (none unresponsive).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(2, Policy::Block).workers(3).spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// assert!(pipeline.shutdown().await.all_joined());
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn all_joined(&self) -> bool {
+        self.workers_joined == self.workers_spawned
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "produced {} = processed {} + dropped {} + abandoned {} + panicked {}; \
+             workers: {} spawned, {} joined, {} aborted, {} unresponsive; {:?}{}",
+            self.produced,
+            self.processed,
+            self.dropped,
+            self.abandoned,
+            self.panicked,
+            self.workers_spawned,
+            self.workers_joined,
+            self.workers_aborted,
+            self.workers_unresponsive,
+            self.cause,
+            if self.deadline_exceeded {
+                ", deadline exceeded"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// What started a pipeline's shutdown.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{CancellationToken, Pipeline, Policy, SmolSpawner, StopCause};
+///
+/// # smol::block_on(async {
+/// let app = CancellationToken::new();
+/// let pipeline = Pipeline::builder(2, Policy::Block).parent(&app).spawn(SmolSpawner::new(), |_: u8| async {})?;
+/// app.cancel();
+/// assert_eq!(pipeline.shutdown().await.cause, StopCause::External);
+/// # Ok::<(), backpressure_pipeline::BuildError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StopCause {
+    /// [`Pipeline::shutdown`] was called.
+    Shutdown,
+    /// The parent token was cancelled before shutdown was called.
+    External,
+}
+
+/// A pipeline could not be started.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{BuildError, ConfigError, Pipeline, Policy, SmolSpawner};
+///
+/// let err = Pipeline::builder(8, Policy::Block)
+///     .workers(0)
+///     .spawn(SmolSpawner::new(), |_: u8| async {})
+///     .unwrap_err();
+/// assert_eq!(err, BuildError::Config(ConfigError::ZeroWorkers));
+/// assert_eq!(err.to_string(), "invalid configuration: a pipeline needs at least one worker");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A configuration value is out of range.
+    Config(ConfigError),
+    /// The runtime refused to spawn a worker.
+    Spawn(SpawnError),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::Config(err) => write!(f, "invalid configuration: {err}"),
+            BuildError::Spawn(err) => write!(f, "cannot start a worker: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Config(err) => Some(err),
+            BuildError::Spawn(err) => Some(err),
+        }
+    }
+}
+
+impl From<ConfigError> for BuildError {
+    fn from(err: ConfigError) -> BuildError {
+        BuildError::Config(err)
+    }
+}
+
+impl From<SpawnError> for BuildError {
+    fn from(err: SpawnError) -> BuildError {
+        BuildError::Spawn(err)
+    }
+}

@@ -1,0 +1,131 @@
+//! One worker: its loop, and the wrapper that makes abort, panic capture and join ours.
+//!
+//! By the pipeline's invariant 2, a worker sends its outcome only after its future has been
+//! dropped, so a joined worker holds nothing of the pipeline's.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_channel::oneshot;
+use futures_util::future::{self, AbortHandle, Abortable, Aborted, Either, FutureExt};
+
+use super::producer::Shared;
+use crate::spawner::{SpawnError, Spawner};
+
+/// A spawned worker (invariant 2).
+pub(super) struct Slot {
+    pub(super) abort: AbortHandle,
+    /// `Some` until the worker's outcome arrives.
+    exit: Option<oneshot::Receiver<Exit>>,
+    pub(super) outcome: Option<Exit>,
+}
+
+/// How a worker's task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Exit {
+    /// The queue was closed and empty, or the worker token was cancelled.
+    Finished,
+    /// Aborted by shutdown or by dropping the pipeline.
+    Aborted,
+    /// The runtime dropped the task without running it to the end (it shut down).
+    Lost,
+    /// The worker loop itself panicked (user panics are caught per item).
+    Panicked,
+}
+
+/// Polls every worker not yet joined; ready when all are.
+pub(super) fn poll_join(workers: &mut [Slot], cx: &mut Context<'_>) -> Poll<()> {
+    let mut pending = false;
+    for slot in workers.iter_mut() {
+        if let Some(exit) = &mut slot.exit {
+            match exit.poll_unpin(cx) {
+                Poll::Ready(outcome) => {
+                    // A dropped sender means the runtime dropped the task unfinished.
+                    slot.outcome = Some(outcome.unwrap_or(Exit::Lost));
+                    slot.exit = None;
+                }
+                Poll::Pending => pending = true,
+            }
+        }
+    }
+    if pending {
+        Poll::Pending
+    } else {
+        Poll::Ready(())
+    }
+}
+
+/// Spawns one worker wrapped so that abort and panic capture are ours (invariant 2).
+pub(super) fn spawn_worker<T, S, F, Fut>(
+    spawner: &S,
+    shared: Arc<Shared<T>>,
+    work: Arc<F>,
+) -> Result<Slot, SpawnError>
+where
+    T: Send + 'static,
+    S: Spawner,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (abort, registration) = AbortHandle::new_pair();
+    let (sender, exit) = oneshot::channel();
+    let worker = Abortable::new(work_loop(shared, work), registration);
+    let task = async move {
+        let outcome = match AssertUnwindSafe(worker).catch_unwind().await {
+            Ok(Ok(())) => Exit::Finished,
+            Ok(Err(Aborted)) => Exit::Aborted,
+            Err(_) => Exit::Panicked,
+        };
+        // `.await` consumed the worker future, so it is dropped by now: a joined worker
+        // holds no item, no closure and no reference to the pipeline.
+        let _ = sender.send(outcome);
+    };
+    spawner.spawn(Box::pin(task))?;
+    Ok(Slot {
+        abort,
+        exit: Some(exit),
+        outcome: None,
+    })
+}
+
+/// One worker: pops items and runs `work` on each until the queue is closed and empty, or
+/// the worker token is cancelled.
+async fn work_loop<T, F, Fut>(shared: Arc<Shared<T>>, work: Arc<F>)
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    loop {
+        // Cooperative stop at the deadline: take no new item.
+        if shared.worker_token.is_cancelled() {
+            return;
+        }
+        let item = if shared.stop.is_cancelled() {
+            // Intake stopped (maybe by the parent token): make sure the queue is closed, then
+            // drain it.
+            shared.queue.close();
+            shared.queue.pop().await
+        } else {
+            // `pop` is cancel safe, so losing this race loses no item.
+            match future::select(pin!(shared.queue.pop()), shared.stop.cancelled()).await {
+                Either::Left((item, _)) => item,
+                Either::Right(_) => continue,
+            }
+        };
+        let Some(item) = item else { return };
+        // Relaxed, for the counters here: the report reads them after the join (invariant 2).
+        shared.started.fetch_add(1, Ordering::Relaxed);
+        // A panic in the user's code is caught per item: it is counted and the worker goes on.
+        match AssertUnwindSafe(async { work(item).await })
+            .catch_unwind()
+            .await
+        {
+            Ok(()) => shared.processed.fetch_add(1, Ordering::Relaxed),
+            Err(_) => shared.panicked.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
