@@ -6,12 +6,18 @@
 //!
 //! - [`Queue`]: a bounded MPMC hand-off queue with a required [`Policy`] for when it is
 //!   full: shed the incoming item, evict the oldest, or make the producer wait. A shed item
-//!   is handed back in the [`PushOutcome`], never lost in silence.
+//!   is handed back in the [`PushOutcome`], never lost in silence. It works on its own too:
+//!   [`pop_many`](Queue::pop_many) for batches, and `futures` adapters
+//!   ([`into_stream`](Queue::into_stream), [`into_sink`](Queue::into_sink)).
 //! - [`CancellationToken`]: a cancellation tree; cancelling a node cancels its descendants.
 //! - [`Pipeline`]: N workers on any runtime through a [`Spawner`], and a structured
 //!   [`shutdown`](Pipeline::shutdown) (stop intake → close → drain → deadline → cancel →
 //!   abort → join every worker) whose [`Report`] satisfies
 //!   `produced == processed + dropped + abandoned + panicked` on every path.
+//! - Loss you can see while it happens: live [`Stats`] from the pipeline or any
+//!   [`Producer`] handle, a hook called with each shed item
+//!   ([`on_shed`](PipelineBuilder::on_shed)), and with the `tracing` feature one warning when
+//!   shedding starts and one summary when it stops.
 //!
 //! No `unsafe`: the queue is an `async-lock` semaphore (permits == items available) over an
 //! `async-lock` mutex, and cancellation is built on `event-listener`.
@@ -48,6 +54,10 @@
 //!   for an `async_executor::Executor` the application owns.
 //! - `tokio`: `TokioSpawner`, for a tokio runtime with its timer enabled.
 //! - `async-std`: `AsyncStdSpawner` (async-std is discontinued upstream; smol succeeds it).
+//! - `tracing`: rate-limited log lines when a pipeline starts and stops shedding.
+//!
+//! Without a runtime feature the crate builds on `async-lock`, `event-listener` and the small
+//! `futures-*` crates only; bring your own [`Spawner`].
 //!
 //! # When not to use this crate
 //!

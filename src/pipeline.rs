@@ -122,7 +122,7 @@ impl<T: Send + 'static> Pipeline<T> {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe, as [`Queue::push`]: a push dropped before it completes never enqueued
+    /// Cancel safe, as [`Queue::push`](crate::Queue::push): a push dropped before it completes never enqueued
     /// its item.
     ///
     /// # Examples
@@ -142,7 +142,7 @@ impl<T: Send + 'static> Pipeline<T> {
         self.shared.push(item).await
     }
 
-    /// Pushes an item without waiting for room; see [`Queue::try_push`], which is meant for
+    /// Pushes an item without waiting for room; see [`Queue::try_push`](crate::Queue::try_push), which is meant for
     /// synchronous producers.
     ///
     /// # Examples

@@ -10,9 +10,21 @@ use core::fmt;
 /// | [`DropOldest`] | the oldest buffered item is evicted | [`PushOutcome::Evicted`] | position/state streams: keep the freshest sample |
 /// | [`Block`] | the producer waits for room | [`PushOutcome::Accepted`] (later) | work that must not be lost: true back-pressure |
 ///
-/// The same words mean different things elsewhere: our `DropNewest` sheds the *incoming* item
-/// (Kotlin `DROP_LATEST`, .NET `DropWrite`, Akka `dropNew`), while .NET's `DropNewest` evicts
-/// the newest *buffered* item.
+/// # The same words elsewhere
+///
+/// The names mean different things in different libraries. Ours describe what is discarded:
+/// `DropNewest` sheds the *incoming* item, `DropOldest` evicts the *oldest buffered* one.
+///
+/// | ours | Kotlin `BufferOverflow` | .NET `BoundedChannelFullMode` | Akka `OverflowStrategy` | Reactor `BufferOverflowStrategy` | async-channel | tokio `mpsc` |
+/// |---|---|---|---|---|---|---|
+/// | `DropNewest` | `DROP_LATEST` | `DropWrite` | `dropNew` | `DROP_LATEST` | `try_send` → `Full` | `try_send` → `Full` |
+/// | `DropOldest` | `DROP_OLDEST` | `DropOldest` | `dropHead` | `DROP_OLDEST` | `force_send` | — (needs a real ring) |
+/// | `Block` | `SUSPEND` | `Wait` | `backpressure` | (request-driven) | `send().await` | `send().await` |
+/// | — | — | `DropNewest` (evicts the newest *buffered* item) | `dropTail` (same) | — | — | — |
+///
+/// Beware the last row: .NET's `DropNewest` and Akka's `dropTail` evict the newest item
+/// *already in the buffer* and keep the incoming one; nothing here does that, and our
+/// `DropNewest` is not theirs.
 ///
 /// # Examples
 ///

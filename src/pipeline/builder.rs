@@ -137,7 +137,7 @@ impl<T: Send + 'static> PipelineBuilder<T> {
 
     /// Makes the pipeline's stop token a child of `parent`: cancelling `parent` stops intake
     /// and closes the queue, as [`shutdown`](Pipeline::shutdown) does, and the report's cause
-    /// is [`StopCause::External`].
+    /// is [`StopCause::External`](crate::StopCause::External).
     ///
     /// # Examples
     ///

@@ -6,7 +6,7 @@ use crate::policy::ConfigError;
 use crate::spawner::SpawnError;
 
 /// What a finished run did with every item and every worker, returned by
-/// [`Pipeline::shutdown`].
+/// [`Pipeline::shutdown`](crate::Pipeline::shutdown).
 ///
 /// On every path, `produced == processed + dropped + abandoned + panicked`
 /// ([`is_conserved`](Report::is_conserved)).
@@ -133,7 +133,7 @@ impl fmt::Display for Report {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StopCause {
-    /// [`Pipeline::shutdown`] was called.
+    /// [`Pipeline::shutdown`](crate::Pipeline::shutdown) was called.
     Shutdown,
     /// The parent token was cancelled before shutdown was called.
     External,
