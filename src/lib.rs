@@ -89,7 +89,7 @@ mod stats;
 
 pub use adapters::{PopStream, PushSink};
 pub use cancel::{CancellationToken, DropGuard, WaitForCancellation, WaitForCancellationOwned};
-pub use pipeline::{BuildError, Pipeline, PipelineBuilder, Producer, Report, StopCause};
+pub use pipeline::{BuildError, OnPanic, Pipeline, PipelineBuilder, Producer, Report, StopCause};
 pub use policy::{ConfigError, Policy, PushOutcome};
 pub use queue::Queue;
 pub use spawner::{BoxFuture, SpawnError, Spawner};

@@ -26,7 +26,7 @@ use futures_util::future::{self, Either, FutureExt};
 
 pub use builder::PipelineBuilder;
 pub use producer::Producer;
-pub use report::{BuildError, Report, StopCause};
+pub use report::{BuildError, OnPanic, Report, StopCause};
 
 use crate::policy::{Policy, PushOutcome};
 use crate::spawner::Spawner;
@@ -316,7 +316,11 @@ impl<T: Send + 'static> Pipeline<T> {
         }
         let begun = *state.begun.get_or_insert_with(Instant::now);
         if state.cause.is_none() {
-            state.cause = Some(if self.shared.stop.is_cancelled() {
+            // Relaxed: a panic's stop is ordered before the workers' exit, which the joins
+            // below observe; read early here, it may miss one racing with this call.
+            state.cause = Some(if self.shared.stopped_by_panic.load(Ordering::Relaxed) {
+                StopCause::Panic
+            } else if self.shared.stop.is_cancelled() {
                 StopCause::External
             } else {
                 StopCause::Shutdown

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backpressure_pipeline::{CancellationToken, Pipeline, Policy, PushOutcome, StopCause};
+use backpressure_pipeline::{CancellationToken, OnPanic, Pipeline, Policy, PushOutcome, StopCause};
 use common::{Live, Sp};
 use futures_util::poll;
 
@@ -279,6 +279,48 @@ async fn panicking_worker_is_counted(sp: Sp) {
     assert!(report.is_conserved() && report.all_joined(), "{report}");
 }
 
+async fn first_panic_stops_the_pipeline(sp: Sp) {
+    // One worker takes items in order: 0, 1 and 2 are processed, 3 panics and stops the
+    // pipeline. A push waits for room at most until the worker has popped the item four
+    // places ahead, and the worker pops nothing after 3, so the pushes from item 8 on must
+    // see the pipeline closed; where exactly intake stopped depends on scheduling.
+    let pipeline = Pipeline::builder(4, Policy::Block)
+        .on_panic(OnPanic::StopPipeline)
+        .deadline(Duration::MAX)
+        .spawn(sp, |id: u32| async move {
+            if id == 3 {
+                panic!("item 3 is poison (an expected test panic)");
+            }
+        })
+        .unwrap();
+    let mut accepted = 0;
+    for id in 0..10 {
+        match pipeline.push(id).await {
+            PushOutcome::Accepted => {
+                assert_eq!(id, accepted, "once closed, intake stays closed");
+                accepted += 1;
+            }
+            PushOutcome::Closed(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!((4..=8).contains(&accepted), "{accepted} accepted");
+    let report = pipeline.shutdown().await;
+    assert_eq!(report.cause, StopCause::Panic);
+    assert_eq!(
+        (report.produced, report.processed, report.panicked),
+        (u64::from(accepted), 3, 1)
+    );
+    assert_eq!(
+        report.abandoned,
+        u64::from(accepted) - 4,
+        "what followed the panic"
+    );
+    assert_eq!((report.workers_joined, report.workers_aborted), (1, 0));
+    assert!(!report.deadline_exceeded);
+    assert!(report.is_conserved() && report.all_joined(), "{report}");
+}
+
 async fn dropped_pipeline_aborts_workers(sp: Sp) {
     let live = Live::new();
     let (taken_tx, taken_rx) = async_channel::unbounded();
@@ -339,6 +381,7 @@ on_every_runtime!(
     deadline_aborts_stragglers,
     cooperative_workers_stop_before_abort,
     panicking_worker_is_counted,
+    first_panic_stops_the_pipeline,
     dropped_pipeline_aborts_workers,
     zero_deadline_still_conserves,
 );

@@ -2,14 +2,14 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::producer::{Shared, ShedHook};
 use super::report::BuildError;
 use super::worker::spawn_worker;
-use super::{Pipeline, State};
+use super::{OnPanic, Pipeline, State};
 use crate::cancel::CancellationToken;
 use crate::policy::{ConfigError, Policy};
 use crate::queue::Queue;
@@ -56,6 +56,7 @@ pub struct PipelineBuilder<T> {
     parent: Option<CancellationToken>,
     worker_token: CancellationToken,
     on_shed: Option<ShedHook<T>>,
+    on_panic: OnPanic,
 }
 
 impl<T: Send + 'static> PipelineBuilder<T> {
@@ -213,10 +214,39 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         self
     }
 
+    /// Chooses what a panic in the worker does (default [`OnPanic::Isolate`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{OnPanic, Pipeline, Policy, SmolSpawner, StopCause};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(4, Policy::Block)
+    ///     .on_panic(OnPanic::StopPipeline)
+    ///     .spawn(SmolSpawner::new(), |n: u32| async move {
+    ///         assert!(n != 3, "poison");
+    ///     })?;
+    /// for n in 0..10 {
+    ///     let _ = pipeline.push(n).await; // `Closed` once item 3 has panicked
+    /// }
+    /// let report = pipeline.shutdown().await;
+    /// assert_eq!(report.cause, StopCause::Panic);
+    /// assert_eq!(report.panicked, 1);
+    /// assert!(report.is_conserved());
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn on_panic(mut self, on_panic: OnPanic) -> Self {
+        self.on_panic = on_panic;
+        self
+    }
+
     /// Starts the pipeline: spawns the workers on `spawner`, each running `work` on one item
     /// at a time.
     ///
-    /// A panic in `work` is caught and counted; the worker goes on with the next item.
+    /// A panic in `work` is caught and counted; then, by [`on_panic`](Self::on_panic), the
+    /// worker goes on with the next item or the pipeline stops.
     ///
     /// # Errors
     ///
@@ -259,6 +289,8 @@ impl<T: Send + 'static> PipelineBuilder<T> {
             processed: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             on_shed: self.on_shed,
+            on_panic: self.on_panic,
+            stopped_by_panic: AtomicBool::new(false),
             #[cfg(feature = "tracing")]
             shed_log: crate::shed_log::ShedLog::new(),
         });
@@ -298,6 +330,7 @@ impl<T> fmt::Debug for PipelineBuilder<T> {
             .field("unresponsive_after", &self.unresponsive_after)
             .field("parent", &self.parent)
             .field("on_shed", &self.on_shed.as_ref().map(|_| ".."))
+            .field("on_panic", &self.on_panic)
             .finish_non_exhaustive()
     }
 }
@@ -314,6 +347,7 @@ impl<T> PipelineBuilder<T> {
             parent: None,
             worker_token: CancellationToken::new(),
             on_shed: None,
+            on_panic: OnPanic::Isolate,
         }
     }
 }

@@ -2,9 +2,10 @@
 //! the cloneable [`Producer`] handle.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::OnPanic;
 use crate::cancel::CancellationToken;
 use crate::policy::PushOutcome;
 use crate::queue::Queue;
@@ -24,6 +25,9 @@ pub(super) struct Shared<T> {
     pub(super) processed: AtomicU64,
     pub(super) panicked: AtomicU64,
     pub(super) on_shed: Option<ShedHook<T>>,
+    pub(super) on_panic: OnPanic,
+    /// Set when a panic stopped the pipeline ([`OnPanic::StopPipeline`]).
+    pub(super) stopped_by_panic: AtomicBool,
     #[cfg(feature = "tracing")]
     pub(super) shed_log: crate::shed_log::ShedLog,
 }
@@ -41,6 +45,16 @@ impl<T> Shared<T> {
         let outcome = self.queue.try_push(item);
         self.observe(&outcome);
         outcome
+    }
+
+    /// The first panic under [`OnPanic::StopPipeline`]: stop intake, close the queue, and
+    /// tell the workers to take no new item. Shutdown then finds them gone.
+    pub(super) fn stop_on_panic(&self) {
+        // Relaxed: read by shutdown after joining the workers, which orders it.
+        self.stopped_by_panic.store(true, Ordering::Relaxed);
+        self.stop.cancel();
+        self.worker_token.cancel();
+        self.queue.close();
     }
 
     /// An external stop (the parent token) closes the queue at the next push, if no worker

@@ -137,6 +137,42 @@ pub enum StopCause {
     Shutdown,
     /// The parent token was cancelled before shutdown was called.
     External,
+    /// A worker panicked under [`OnPanic::StopPipeline`].
+    Panic,
+}
+
+/// What a panic in the worker does. Either way the panic is caught, its item is counted as
+/// panicked, and no task is lost.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{OnPanic, Pipeline, Policy, SmolSpawner};
+///
+/// # smol::block_on(async {
+/// let pipeline = Pipeline::builder(4, Policy::Block)
+///     .on_panic(OnPanic::Isolate)
+///     .spawn(SmolSpawner::new(), |n: u32| async move {
+///         assert!(n % 2 == 0, "odd item");
+///     })?;
+/// for n in 0..10 {
+///     let _ = pipeline.push(n).await;
+/// }
+/// let report = pipeline.shutdown().await;
+/// assert_eq!((report.processed, report.panicked), (5, 5));
+/// # Ok::<(), backpressure_pipeline::BuildError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum OnPanic {
+    /// Count the item as panicked and go on with the next one (the default).
+    #[default]
+    Isolate,
+    /// Stop the pipeline at the first panic: intake stops, the queue closes, the workers take
+    /// no new item, and what is left is abandoned. The report's cause is
+    /// [`StopCause::Panic`].
+    StopPipeline,
 }
 
 /// A pipeline could not be started.

@@ -14,6 +14,7 @@ use futures_channel::oneshot;
 use futures_util::future::{self, AbortHandle, Abortable, Aborted, Either, FutureExt};
 
 use super::producer::Shared;
+use super::OnPanic;
 use crate::spawner::{SpawnError, Spawner};
 
 /// A spawned worker (invariant 2).
@@ -124,8 +125,15 @@ where
             .catch_unwind()
             .await
         {
-            Ok(()) => shared.processed.fetch_add(1, Ordering::Relaxed),
-            Err(_) => shared.panicked.fetch_add(1, Ordering::Relaxed),
-        };
+            Ok(()) => {
+                shared.processed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                shared.panicked.fetch_add(1, Ordering::Relaxed);
+                if shared.on_panic == OnPanic::StopPipeline {
+                    shared.stop_on_panic();
+                }
+            }
+        }
     }
 }
