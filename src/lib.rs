@@ -86,6 +86,7 @@ mod queue;
 mod shed_log;
 mod spawner;
 mod stats;
+mod sync;
 
 pub use adapters::{PopStream, PushSink};
 pub use cancel::{CancellationToken, DropGuard, WaitForCancellation, WaitForCancellationOwned};

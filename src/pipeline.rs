@@ -18,7 +18,6 @@ mod worker;
 
 use std::fmt;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +30,7 @@ pub use report::{BuildError, OnPanic, Report, StopCause};
 use crate::policy::{Policy, PushOutcome};
 use crate::spawner::Spawner;
 use crate::stats::Stats;
+use crate::sync::Ordering;
 use producer::Shared;
 use worker::{poll_join, Exit, Slot};
 

@@ -4,10 +4,10 @@
 //! at most one line per [`EVERY`]. A shedding spell that would end within that time of the
 //! last line goes on instead, and its summary covers the items of both.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::queue::Queue;
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// The least time between two lines.
 const EVERY: Duration = Duration::from_secs(1);

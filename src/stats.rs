@@ -1,7 +1,8 @@
 //! Live counters: what a queue and a pipeline have done so far, readable while they run.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// A snapshot of a [`Queue`](crate::Queue)'s counters, from [`Queue::stats`](crate::Queue::stats).
 ///

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use crate::cancel::CancellationToken;
 use crate::policy::{ConfigError, Policy};
 use crate::queue::Queue;
 use crate::spawner::Spawner;
+use crate::sync::{AtomicBool, AtomicU64};
 
 /// Configures and starts a [`Pipeline`]. Made by [`Pipeline::builder`].
 ///

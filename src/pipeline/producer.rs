@@ -2,7 +2,6 @@
 //! the cloneable [`Producer`] handle.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::OnPanic;
@@ -10,6 +9,7 @@ use crate::cancel::CancellationToken;
 use crate::policy::PushOutcome;
 use crate::queue::Queue;
 use crate::stats::Stats;
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// The hook called with each shed or evicted item.
 pub(super) type ShedHook<T> = Box<dyn Fn(&T) + Send + Sync>;

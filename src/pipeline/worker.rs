@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -16,6 +15,7 @@ use futures_util::future::{self, AbortHandle, Abortable, Aborted, Either, Future
 use super::producer::Shared;
 use super::OnPanic;
 use crate::spawner::{SpawnError, Spawner};
+use crate::sync::Ordering;
 
 /// A spawned worker (invariant 2).
 pub(super) struct Slot {
