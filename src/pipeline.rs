@@ -2,9 +2,11 @@
 //!
 //! # Invariants
 //!
-//! 1. Every accepted item ends in exactly one place: popped by a worker (`started`), evicted
-//!    by the policy (`evicted`), or left in the queue at the end (`take_all`). A started item
-//!    ends processed, panicked, or abandoned (its worker was stopped or is unresponsive).
+//! 1. Every accepted item ends in exactly one place: popped by a worker (`popped`), evicted
+//!    by the policy (`evicted`), or left in the queue at the end (`take_all`); the queue
+//!    counts the first two under its lock, so the three add up even while an unresponsive
+//!    worker still runs. A popped item ends processed, panicked, or abandoned (its worker was
+//!    stopped or is unresponsive).
 //! 2. Every spawned worker has a slot with its abort handle and the receiving end of its
 //!    outcome; the worker sends its outcome only after its future has been dropped, so a
 //!    joined worker holds nothing of the pipeline's.
@@ -88,6 +90,8 @@ struct State {
     /// When the first `shutdown` call began; the deadline counts from here.
     begun: Option<Instant>,
     cause: Option<StopCause>,
+    /// Set once any call finds the deadline passed, so a resumed call reports it too.
+    deadline_exceeded: bool,
     report: Option<Report>,
 }
 
@@ -332,6 +336,7 @@ impl<T: Send + 'static> Pipeline<T> {
         // The workers drain the bounded backlog until the deadline.
         let remaining = self.deadline.saturating_sub(begun.elapsed());
         let drained = self.join_within(&mut state.workers, remaining).await;
+        state.deadline_exceeded |= !drained;
         if !drained {
             // Cooperative first: workers take no new item and may watch the token.
             self.shared.worker_token.cancel();
@@ -348,7 +353,7 @@ impl<T: Send + 'static> Pipeline<T> {
         let left_in_queue = self.shared.queue.take_all().await.len() as u64;
         #[cfg(feature = "tracing")]
         self.shared.shed_log.finish();
-        let report = self.report(&state, !drained, left_in_queue);
+        let report = self.report(&state, left_in_queue);
         state.report = Some(report.clone());
         report
     }
@@ -368,20 +373,20 @@ impl<T: Send + 'static> Pipeline<T> {
         }
     }
 
-    fn report(&self, state: &State, deadline_exceeded: bool, left_in_queue: u64) -> Report {
+    fn report(&self, state: &State, left_in_queue: u64) -> Report {
         let counts = self.shared.queue.counts();
         // Relaxed loads: every worker counted is joined, and the oneshot carrying its outcome
         // orders its increments before these loads; the queue's counters were written under
         // the lock that `take_all` has since taken.
         let accepted = counts.accepted.load(Ordering::Relaxed);
-        let shed = counts.shed.load(Ordering::Relaxed);
+        let shed = self.shared.queue.shed();
         let evicted = counts.evicted.load(Ordering::Relaxed);
-        let started = self.shared.started.load(Ordering::Relaxed);
+        let popped = counts.popped.load(Ordering::Relaxed);
         let processed = self.shared.processed.load(Ordering::Relaxed);
         let panicked = self.shared.panicked.load(Ordering::Relaxed);
-        // By invariant 1: a started item not processed and not panicked was cut short
+        // By invariant 1: a popped item not processed and not panicked was cut short
         // (aborted) or is still held by an unresponsive worker.
-        let in_flight = started.saturating_sub(processed + panicked);
+        let in_flight = popped.saturating_sub(processed + panicked);
         let outcomes = state.workers.iter().filter_map(|s| s.outcome);
         let joined = outcomes.clone().count();
         let aborted = outcomes
@@ -398,7 +403,7 @@ impl<T: Send + 'static> Pipeline<T> {
             workers_aborted: aborted,
             workers_unresponsive: state.workers.len() - joined,
             cause: state.cause.unwrap_or(StopCause::Shutdown),
-            deadline_exceeded,
+            deadline_exceeded: state.deadline_exceeded,
         }
     }
 }

@@ -8,12 +8,17 @@
 //! 2. An item leaves the buffer only through a popper that holds a permit, through eviction
 //!    (which puts the incoming item in its place, so the permit count is untouched), or
 //!    through [`Queue::take_all`] after close.
-//! 3. `closed` only goes from `false` to `true`, and close adds a flood of permits after it,
+//! 3. the closed flag only goes from unset to set, and close adds a flood of permits after it,
 //!    so every popper, present and future, gets past the semaphore and looks at the buffer
 //!    under the lock: it finds an item (and takes it) or finds the buffer empty. Empty is
-//!    final: a pusher reads `closed` under the lock, so a pusher that read `false` ran its
+//!    final: a pusher reads the flag under the lock, so a pusher that read it unset ran its
 //!    critical section before the closed-empty popper's (the popper's lock happens after the
 //!    flood, which happens after the store; a pusher locking later would read `true`).
+//!
+//! 4. `state` holds the closed flag (its top bit) and the count of shed items (the rest) in
+//!    one word. The lock-free shed of a full queue increments it with a compare-exchange that
+//!    fails once the flag is set, so a shed is either counted before close or refused as
+//!    `Closed` after it: a report read after close misses none that returned `Shed`.
 //!
 //! Lock: the buffer lock is never held across an `.await`. Async paths wait for it with
 //! `lock().await`; [`Queue::try_push`], being synchronous, blocks the thread for it, which is
@@ -27,11 +32,14 @@ use event_listener::{Event, IntoNotification};
 
 use crate::policy::{ConfigError, Policy, PushOutcome};
 use crate::stats::{Meter, QueueStats};
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// Permits added on close: enough to let every popper through, and far from overflow because
 /// the capacity is at most [`Queue::MAX_CAPACITY`].
 const CLOSE_FLOOD: usize = usize::MAX >> 1;
+
+/// The closed flag in `state` (invariant 4).
+const CLOSED: u64 = 1 << 63;
 
 /// A bounded MPMC hand-off queue with an explicit policy for when it is full.
 ///
@@ -63,7 +71,8 @@ pub struct Queue<T> {
     buf: Mutex<VecDeque<T>>,
     /// Wakes producers waiting for room under [`Policy::Block`].
     room: Event,
-    closed: AtomicBool,
+    /// The closed flag and the shed count (invariant 4).
+    state: AtomicU64,
     /// A copy of the buffer's length, written under the lock, for lock-free reads.
     len: AtomicUsize,
     capacity: usize,
@@ -77,10 +86,10 @@ pub struct Queue<T> {
 pub(crate) struct Counts {
     /// Items taken into the buffer (including those that evicted another).
     pub(crate) accepted: AtomicU64,
-    /// Incoming items shed under [`Policy::DropNewest`].
-    pub(crate) shed: AtomicU64,
     /// Buffered items evicted under [`Policy::DropOldest`].
     pub(crate) evicted: AtomicU64,
+    /// Items taken out by poppers (not by `take_all`).
+    pub(crate) popped: AtomicU64,
 }
 
 impl<T> Queue<T> {
@@ -118,7 +127,7 @@ impl<T> Queue<T> {
             // Nothing up front: the buffer grows as items arrive, to `capacity` at most.
             buf: Mutex::new(VecDeque::new()),
             room: Event::new(),
-            closed: AtomicBool::new(false),
+            state: AtomicU64::new(0),
             len: AtomicUsize::new(0),
             capacity,
             policy,
@@ -158,9 +167,7 @@ impl<T> Queue<T> {
         };
         loop {
             let buf = self.buf.lock().await;
-            // Acquire: pairs with the Release in `close` (invariant 3).
-            let closed = self.closed.load(Ordering::Acquire);
-            if self.policy != Policy::Block || closed || buf.len() < self.capacity {
+            if self.policy != Policy::Block || self.is_closed() || buf.len() < self.capacity {
                 return self.push_locked(buf, item);
             }
             // Listen before releasing the lock: a pop that makes room takes the lock after us
@@ -210,22 +217,32 @@ impl<T> Queue<T> {
             return Ok(item);
         }
         // By invariant 1 the queue is full at this instant, and no lock is needed to know it;
-        // unless the permits are close's flood (invariant 3), which `closed` tells. Acquire:
-        // pairs with the Release in `close`, which comes before the flood.
-        if self.closed.load(Ordering::Acquire) {
-            return Err(PushOutcome::Closed(item));
+        // unless the permits are close's flood (invariant 3), which the closed flag tells.
+        // Count the shed only while the flag is unset (invariant 4). Terminates: each retry
+        // means another shed was counted or the queue closed, and close ends the loop.
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & CLOSED != 0 {
+                return Err(PushOutcome::Closed(item));
+            }
+            // AcqRel on success: ordered with close's `fetch_or` in the word's modification
+            // order, which is all invariant 4 needs; Acquire on failure to re-read the flag.
+            match self.state.compare_exchange_weak(
+                state,
+                state + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Err(PushOutcome::Shed(item)),
+                Err(now) => state = now,
+            }
         }
-        // Relaxed: a counter. A report may miss a shed racing with close, but then it misses
-        // it in `produced` as well, since produced = accepted + shed.
-        self.counts.shed.fetch_add(1, Ordering::Relaxed);
-        Err(PushOutcome::Shed(item))
     }
 
     /// Applies the policy with the buffer lock held. Under `Block` a full queue gives
     /// [`PushOutcome::Full`]; [`push`](Queue::push) waits instead of calling this.
     fn push_locked(&self, mut buf: MutexGuard<'_, VecDeque<T>>, item: T) -> PushOutcome<T> {
-        // Acquire: pairs with the Release in `close` (invariant 3).
-        if self.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return PushOutcome::Closed(item);
         }
         if buf.len() < self.capacity {
@@ -236,7 +253,8 @@ impl<T> Queue<T> {
         // sees every accepted item counted. Relaxed: the lock orders them.
         match self.policy {
             Policy::DropNewest => {
-                self.counts.shed.fetch_add(1, Ordering::Relaxed);
+                // The flag is in the same word, but it cannot overflow into it: 2^63 sheds.
+                self.state.fetch_add(1, Ordering::Relaxed);
                 drop(buf);
                 PushOutcome::Shed(item)
             }
@@ -304,6 +322,11 @@ impl<T> Queue<T> {
         let item = buf.pop_front();
         // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
         self.len.store(buf.len(), Ordering::Relaxed);
+        if item.is_some() {
+            // Under the lock, with the removal: a report that takes the lock finds every
+            // item either still buffered or counted here. Relaxed: the lock orders it.
+            self.counts.popped.fetch_add(1, Ordering::Relaxed);
+        }
         drop(buf);
         match item {
             Some(item) => {
@@ -375,6 +398,10 @@ impl<T> Queue<T> {
         let batch: Vec<T> = buf.drain(..taken).collect();
         // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
         self.len.store(buf.len(), Ordering::Relaxed);
+        // Under the lock, with the removal (as in `pop`).
+        self.counts
+            .popped
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         drop(buf);
         if batch.is_empty() {
             // Closed and empty (invariant 3); the permit goes on to the next popper.
@@ -405,8 +432,9 @@ impl<T> Queue<T> {
     /// ```
     pub fn close(&self) -> bool {
         // AcqRel: the Release half publishes the close to pushers, who read it under the
-        // buffer lock (invariant 3); the swap decides which caller closed it.
-        if self.closed.swap(true, Ordering::AcqRel) {
+        // buffer lock (invariant 3); the previous value tells which caller closed it, and the
+        // shed count it carries is final (invariant 4).
+        if self.state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED != 0 {
             return false;
         }
         self.items.add_permits(CLOSE_FLOOD);
@@ -426,8 +454,8 @@ impl<T> Queue<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// ```
     pub fn is_closed(&self) -> bool {
-        // Acquire: pairs with the Release store in `close`.
-        self.closed.load(Ordering::Acquire)
+        // Acquire: pairs with the Release in `close`.
+        self.state.load(Ordering::Acquire) & CLOSED != 0
     }
 
     /// The number of items in the queue at this instant.
@@ -509,8 +537,9 @@ impl<T> Queue<T> {
         // Relaxed: a snapshot, each counter on its own.
         QueueStats {
             accepted: self.counts.accepted.load(Ordering::Relaxed),
-            shed: self.counts.shed.load(Ordering::Relaxed),
+            shed: self.shed(),
             evicted: self.counts.evicted.load(Ordering::Relaxed),
+            popped: self.counts.popped.load(Ordering::Relaxed),
             len: self.len(),
             peak_len: self.meter.peak(),
             time_full: self.meter.time_full(),
@@ -528,6 +557,12 @@ impl<T> Queue<T> {
 
     pub(crate) fn counts(&self) -> &Counts {
         &self.counts
+    }
+
+    /// Incoming items shed under [`Policy::DropNewest`] (invariant 4).
+    pub(crate) fn shed(&self) -> u64 {
+        // Acquire: a report reads this after close, and sees every shed counted before it.
+        self.state.load(Ordering::Acquire) & !CLOSED
     }
 
     /// Takes the buffer lock without yielding, blocking the thread if another holds it.

@@ -32,6 +32,8 @@ pub struct QueueStats {
     pub shed: u64,
     /// Buffered items evicted to make room (`DropOldest`).
     pub evicted: u64,
+    /// Items taken out by `pop`, `pop_many` or the stream.
+    pub popped: u64,
     /// Items in the queue now.
     pub len: usize,
     /// The most items the queue has held at once.

@@ -285,7 +285,6 @@ impl<T: Send + 'static> PipelineBuilder<T> {
             queue,
             stop,
             worker_token: self.worker_token,
-            started: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             on_shed: self.on_shed,

@@ -20,8 +20,6 @@ pub(super) struct Shared<T> {
     pub(super) stop: CancellationToken,
     /// Cancelled when the deadline passes: workers take no new item.
     pub(super) worker_token: CancellationToken,
-    /// Items popped by a worker (the pipeline's invariant 1).
-    pub(super) started: AtomicU64,
     pub(super) processed: AtomicU64,
     pub(super) panicked: AtomicU64,
     pub(super) on_shed: Option<ShedHook<T>>,

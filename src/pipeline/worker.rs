@@ -119,7 +119,6 @@ where
         };
         let Some(item) = item else { return };
         // Relaxed, for the counters here: the report reads them after the join (invariant 2).
-        shared.started.fetch_add(1, Ordering::Relaxed);
         // A panic in the user's code is caught per item: it is counted and the worker goes on.
         match AssertUnwindSafe(async { work(item).await })
             .catch_unwind()
