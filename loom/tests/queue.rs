@@ -59,6 +59,27 @@ fn close_races_push_and_pop() {
     });
 }
 
+/// A shed racing with close is counted before close or refused as `Closed` after it: the
+/// count read right after close agrees with what the producer was told.
+#[test]
+fn shed_races_close() {
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, Policy::DropNewest).unwrap());
+        assert_eq!(queue.try_push(1), PushOutcome::Accepted);
+        let producer = thread::spawn({
+            let queue = queue.clone();
+            move || queue.try_push(2)
+        });
+        assert!(queue.close());
+        let shed_at_close = queue.stats().shed;
+        match producer.join().unwrap() {
+            PushOutcome::Shed(2) => assert_eq!(shed_at_close, 1),
+            PushOutcome::Closed(2) => assert_eq!(shed_at_close, 0),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+}
+
 /// A popper asleep on an empty queue is woken by a push: no item stranded.
 #[test]
 fn push_wakes_a_sleeping_popper() {
