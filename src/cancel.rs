@@ -449,6 +449,19 @@ fn poll_cancelled(
 /// # Cancel safety
 ///
 /// Cancel safe: the future only observes the token.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::CancellationToken;
+/// use futures_util::FutureExt;
+///
+/// let token = CancellationToken::new();
+/// let mut waiting = token.cancelled();
+/// assert!((&mut waiting).now_or_never().is_none());
+/// token.cancel();
+/// assert!(waiting.now_or_never().is_some());
+/// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct WaitForCancellation<'a> {
     node: &'a Node,
@@ -477,6 +490,18 @@ impl fmt::Debug for WaitForCancellation<'_> {
 /// # Cancel safety
 ///
 /// Cancel safe: the future only observes the token.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::CancellationToken;
+/// use futures_util::FutureExt;
+///
+/// let token = CancellationToken::new();
+/// let waiting = token.clone().cancelled_owned(); // 'static: can move into a task
+/// token.cancel();
+/// assert!(waiting.now_or_never().is_some());
+/// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct WaitForCancellationOwned {
     token: CancellationToken,
@@ -518,6 +543,16 @@ pub struct DropGuard {
 
 impl DropGuard {
     /// Returns the token without cancelling it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::CancellationToken;
+    ///
+    /// let guard = CancellationToken::new().drop_guard();
+    /// let token = guard.disarm();
+    /// assert!(!token.is_cancelled());
+    /// ```
     pub fn disarm(mut self) -> CancellationToken {
         match self.token.take() {
             Some(token) => token,

@@ -94,6 +94,15 @@ pub enum PushOutcome<T> {
 impl<T> PushOutcome<T> {
     /// Whether the incoming item is now in the queue ([`Accepted`] or [`Evicted`]).
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::PushOutcome;
+    ///
+    /// assert!(PushOutcome::Evicted("old").is_accepted()); // the incoming one went in
+    /// assert!(!PushOutcome::Shed("new").is_accepted());
+    /// ```
+    ///
     /// [`Accepted`]: PushOutcome::Accepted
     /// [`Evicted`]: PushOutcome::Evicted
     pub fn is_accepted(&self) -> bool {
@@ -101,6 +110,15 @@ impl<T> PushOutcome<T> {
     }
 
     /// Whether the policy discarded an item ([`Shed`] or [`Evicted`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::PushOutcome;
+    ///
+    /// assert!(PushOutcome::Shed(1).is_dropped());
+    /// assert!(!PushOutcome::Closed(1).is_dropped()); // handed back, not discarded
+    /// ```
     ///
     /// [`Shed`]: PushOutcome::Shed
     /// [`Evicted`]: PushOutcome::Evicted
@@ -110,6 +128,15 @@ impl<T> PushOutcome<T> {
 
     /// The item handed back, if any: the evicted one for [`Evicted`], the incoming one
     /// otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::PushOutcome;
+    ///
+    /// assert_eq!(PushOutcome::Evicted("old").into_inner(), Some("old"));
+    /// assert_eq!(PushOutcome::<&str>::Accepted.into_inner(), None);
+    /// ```
     ///
     /// [`Evicted`]: PushOutcome::Evicted
     pub fn into_inner(self) -> Option<T> {

@@ -25,6 +25,15 @@ pub use self::smol::{ExecutorSpawner, SmolSpawner};
 pub use self::tokio::TokioSpawner;
 
 /// A boxed `Send + 'static` future with no output: what a [`Spawner`] runs and returns.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::BoxFuture;
+///
+/// let task: BoxFuture = Box::pin(async { println!("hello from a task") });
+/// smol::block_on(task);
+/// ```
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// Runs futures and sleeps, on some async runtime.
@@ -97,6 +106,15 @@ pub struct SpawnError {
 
 impl SpawnError {
     /// A spawn error with a reason, for [`Spawner`] implementations.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::SpawnError;
+    ///
+    /// let err = SpawnError::new("the pool is full");
+    /// assert_eq!(err.to_string(), "cannot spawn a task: the pool is full");
+    /// ```
     pub fn new(reason: &'static str) -> SpawnError {
         SpawnError { reason }
     }

@@ -33,6 +33,15 @@ pub struct AsyncStdSpawner {
 
 impl AsyncStdSpawner {
     /// A spawner for async-std's global executor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{AsyncStdSpawner, Spawner};
+    ///
+    /// async_std::task::block_on(AsyncStdSpawner::new().sleep(Duration::from_millis(1)));
+    /// ```
     pub fn new() -> AsyncStdSpawner {
         AsyncStdSpawner { _private: () }
     }

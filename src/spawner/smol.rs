@@ -33,6 +33,15 @@ pub struct SmolSpawner {
 
 impl SmolSpawner {
     /// A spawner for smol's global executor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{SmolSpawner, Spawner};
+    ///
+    /// smol::block_on(SmolSpawner::new().sleep(Duration::from_millis(1)));
+    /// ```
     pub fn new() -> SmolSpawner {
         SmolSpawner { _private: () }
     }
@@ -85,6 +94,19 @@ pub struct ExecutorSpawner {
 
 impl ExecutorSpawner {
     /// A spawner for `executor`, which the application keeps and runs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use backpressure_pipeline::{ExecutorSpawner, Spawner};
+    ///
+    /// let ex = Arc::new(smol::Executor::new());
+    /// let spawner = ExecutorSpawner::new(ex.clone());
+    /// let (tx, rx) = futures_channel::oneshot::channel();
+    /// spawner.spawn(Box::pin(async move { tx.send(42).unwrap() })).unwrap();
+    /// assert_eq!(smol::block_on(ex.run(rx)), Ok(42));
+    /// ```
     pub fn new(executor: Arc<Executor<'static>>) -> ExecutorSpawner {
         ExecutorSpawner {
             executor: Arc::downgrade(&executor),

@@ -49,6 +49,17 @@ impl TokioSpawner {
     /// # Errors
     ///
     /// A [`SpawnError`] if the runtime's timer is not enabled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::TokioSpawner;
+    ///
+    /// let with_timer = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// assert!(TokioSpawner::new(with_timer.handle().clone()).is_ok());
+    /// let without = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// assert!(TokioSpawner::new(without.handle().clone()).is_err());
+    /// ```
     pub fn new(handle: Handle) -> Result<TokioSpawner, SpawnError> {
         // tokio offers no query for the timer, and creating a sleep without one panics; so
         // ask by creating one and catching that panic, here, once.
@@ -69,6 +80,16 @@ impl TokioSpawner {
     /// # Errors
     ///
     /// A [`SpawnError`] if called outside a tokio runtime, or if its timer is not enabled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::TokioSpawner;
+    ///
+    /// assert!(TokioSpawner::current().is_err()); // not inside a runtime here
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// assert!(rt.block_on(async { TokioSpawner::current() }).is_ok());
+    /// ```
     pub fn current() -> Result<TokioSpawner, SpawnError> {
         match Handle::try_current() {
             Ok(handle) => TokioSpawner::new(handle),
