@@ -20,6 +20,11 @@
 //!    fails once the flag is set, so a shed is either counted before close or refused as
 //!    `Closed` after it: a report read after close misses none that returned `Shed`.
 //!
+//! 5. A producer that waits for room counts itself in `waiting_producers` under the buffer
+//!    lock, before releasing it, and uncounts itself only after its wait ends (or is
+//!    cancelled). A pop that sees the count at zero under the lock skips the wake-up: no
+//!    producer can be asleep then, and one that comes later finds the room itself.
+//!
 //! Lock: the buffer lock is never held across an `.await`. Async paths wait for it with
 //! `lock().await`; [`Queue::try_push`], being synchronous, blocks the thread for it, which is
 //! why it is meant for synchronous producers (see its docs).
@@ -37,6 +42,12 @@ use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 /// Permits added on close: enough to let every popper through, and far from overflow because
 /// the capacity is at most [`Queue::MAX_CAPACITY`].
 const CLOSE_FLOOD: usize = usize::MAX >> 1;
+
+/// Adds `n` to a counter that is written only under the buffer lock: the lock orders the
+/// writes, so a plain load and store does (Relaxed), and lock-free readers see a snapshot.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
 
 /// The closed flag in `state` (invariant 4).
 const CLOSED: u64 = 1 << 63;
@@ -71,6 +82,8 @@ pub struct Queue<T> {
     buf: Mutex<VecDeque<T>>,
     /// Wakes producers waiting for room under [`Policy::Block`].
     room: Event,
+    /// Producers waiting for room (invariant 5).
+    waiting_producers: AtomicUsize,
     /// The closed flag and the shed count (invariant 4).
     state: AtomicU64,
     /// A copy of the buffer's length, written under the lock, for lock-free reads.
@@ -82,7 +95,12 @@ pub struct Queue<T> {
 }
 
 /// Push outcomes counted by the queue; read by the pipeline's report.
+///
+/// Written only under the buffer lock, with a plain load and store ([`bump`]): no
+/// read-modify-write, and on a cache line of their own, away from the semaphore and the
+/// lock that every push and pop touches.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Counts {
     /// Items taken into the buffer (including those that evicted another).
     pub(crate) accepted: AtomicU64,
@@ -127,6 +145,7 @@ impl<T> Queue<T> {
             // Nothing up front: the buffer grows as items arrive, to `capacity` at most.
             buf: Mutex::new(VecDeque::new()),
             room: Event::new(),
+            waiting_producers: AtomicUsize::new(0),
             state: AtomicU64::new(0),
             len: AtomicUsize::new(0),
             capacity,
@@ -170,13 +189,16 @@ impl<T> Queue<T> {
             if self.policy != Policy::Block || self.is_closed() || buf.len() < self.capacity {
                 return self.push_locked(buf, item);
             }
-            // Listen before releasing the lock: a pop that makes room takes the lock after us
-            // and notifies after that, so its notification cannot be missed.
+            // Listen and stand in line before releasing the lock: a pop that makes room takes
+            // the lock after us, sees us waiting (invariant 5) and notifies after that, so its
+            // notification cannot be missed.
             let listener = self.room.listen();
+            let waiting = Waiting::new(&self.waiting_producers);
             drop(buf);
             // A notified listener that is dropped passes its notification on, so a cancelled
             // push never swallows the wake-up meant for another producer.
             listener.await;
+            drop(waiting);
         }
     }
 
@@ -262,8 +284,8 @@ impl<T> Queue<T> {
                 // One out, one in: the permit count is untouched (invariant 2).
                 let oldest = buf.pop_front();
                 buf.push_back(item);
-                self.counts.accepted.fetch_add(1, Ordering::Relaxed);
-                self.counts.evicted.fetch_add(1, Ordering::Relaxed);
+                bump(&self.counts.accepted, 1);
+                bump(&self.counts.evicted, 1);
                 drop(buf);
                 match oldest {
                     Some(oldest) => PushOutcome::Evicted(oldest),
@@ -280,12 +302,12 @@ impl<T> Queue<T> {
         buf.push_back(item);
         // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
         self.len.store(buf.len(), Ordering::Relaxed);
-        self.meter.after_push(buf.len(), self.capacity);
+        let edge = self.meter.after_push(buf.len(), self.capacity);
         // Under the lock, so a report that takes the lock after close sees it counted.
-        // Relaxed: the lock orders it.
-        self.counts.accepted.fetch_add(1, Ordering::Relaxed);
+        bump(&self.counts.accepted, 1);
         drop(buf);
         self.items.add_permits(1);
+        self.meter.record(edge);
     }
 
     /// Removes the oldest item, waiting until there is one.
@@ -318,21 +340,23 @@ impl<T> Queue<T> {
         // wake-ups chaining from one popper to the next.
         let permit = self.items.acquire().await;
         let mut buf = self.buf.lock().await;
-        self.meter.before_pop(buf.len(), self.capacity);
+        let edge = self.meter.before_pop(buf.len(), self.capacity);
         let item = buf.pop_front();
         // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
         self.len.store(buf.len(), Ordering::Relaxed);
         if item.is_some() {
             // Under the lock, with the removal: a report that takes the lock finds every
-            // item either still buffered or counted here. Relaxed: the lock orders it.
-            self.counts.popped.fetch_add(1, Ordering::Relaxed);
+            // item either still buffered or counted here.
+            bump(&self.counts.popped, 1);
         }
+        let producers_wait = self.producers_wait();
         drop(buf);
+        self.meter.record(edge);
         match item {
             Some(item) => {
                 // The permit stood for this item (invariant 1): consume it.
                 permit.forget();
-                if self.policy == Policy::Block {
+                if producers_wait {
                     // One more slot, one more producer: `additional`, so that slots freed in
                     // a burst wake as many producers, not one. If the notified producer was
                     // cancelled, its listener passes the notification on.
@@ -391,7 +415,7 @@ impl<T> Queue<T> {
             }
             reserved += 1;
         }
-        self.meter.before_pop(buf.len(), self.capacity);
+        let edge = self.meter.before_pop(buf.len(), self.capacity);
         // After close the permits may be flood permits (invariant 3), so the buffer may hold
         // fewer.
         let taken = reserved.min(buf.len());
@@ -399,16 +423,16 @@ impl<T> Queue<T> {
         // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
         self.len.store(buf.len(), Ordering::Relaxed);
         // Under the lock, with the removal (as in `pop`).
-        self.counts
-            .popped
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        bump(&self.counts.popped, batch.len() as u64);
+        let producers_wait = self.producers_wait();
         drop(buf);
+        self.meter.record(edge);
         if batch.is_empty() {
             // Closed and empty (invariant 3); the permit goes on to the next popper.
             return batch;
         }
         first.forget();
-        if self.policy == Policy::Block {
+        if producers_wait {
             self.room.notify(batch.len().additional());
         }
         batch
@@ -550,9 +574,18 @@ impl<T> Queue<T> {
     pub(crate) async fn take_all(&self) -> VecDeque<T> {
         debug_assert!(self.is_closed());
         let mut buf = self.buf.lock().await;
-        self.meter.before_pop(buf.len(), self.capacity);
+        let edge = self.meter.before_pop(buf.len(), self.capacity);
         self.len.store(0, Ordering::Relaxed);
-        std::mem::take(&mut *buf)
+        let left = std::mem::take(&mut *buf);
+        drop(buf);
+        self.meter.record(edge);
+        left
+    }
+
+    /// Whether a producer may be waiting for room; read under the buffer lock (invariant 5).
+    fn producers_wait(&self) -> bool {
+        // Relaxed: written under this lock when a producer starts waiting.
+        self.policy == Policy::Block && self.waiting_producers.load(Ordering::Relaxed) > 0
     }
 
     pub(crate) fn counts(&self) -> &Counts {
@@ -582,5 +615,24 @@ impl<T> fmt::Debug for Queue<T> {
             .field("len", &self.len())
             .field("closed", &self.is_closed())
             .finish_non_exhaustive()
+    }
+}
+
+/// A producer counted as waiting for room until this drops (invariant 5): at the end of its
+/// wait, or when the push is cancelled.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        // Relaxed: taken under the buffer lock, where pops read it.
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // Relaxed: a pop that misses this decrement only wakes one producer too many.
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -83,17 +83,36 @@ pub struct Stats {
     pub time_full: Duration,
 }
 
-/// The queue's gauges: peak length and time spent full. Written under the buffer lock, read
-/// without it.
+/// A full spell's edge, found under the buffer lock and timed after it is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Edge {
+    None,
+    /// The queue became full.
+    Full,
+    /// The queue stopped being full.
+    Room,
+}
+
+/// The queue's gauges: peak length and time spent full.
+///
+/// The edges of a full spell are found under the buffer lock, but the clock is read after the
+/// lock is released, so that no `Instant::now()` lengthens the critical section. Time spent
+/// full is then the sum of the spells' end times minus the sum of their start times (plus
+/// the open spell's age): sums do not care in which order the edges are recorded. A reader
+/// may see an edge found but not yet recorded, so a snapshot can be off by one spell's
+/// scheduling delay.
 #[derive(Debug)]
 pub(crate) struct Meter {
     epoch: Instant,
+    /// Written only under the buffer lock.
     peak: AtomicUsize,
-    /// When the queue last became full, in nanoseconds since `epoch`, plus one; 0 when it is
-    /// not full.
-    full_since: AtomicU64,
-    /// Nanoseconds spent full in finished spells.
-    full_total: AtomicU64,
+    /// Full spells started and ended, as recorded.
+    started: AtomicU64,
+    ended: AtomicU64,
+    /// Sums of the recorded start and end times, in nanoseconds since `epoch`.
+    start_sum: AtomicU64,
+    end_sum: AtomicU64,
 }
 
 impl Meter {
@@ -101,8 +120,10 @@ impl Meter {
         Meter {
             epoch: Instant::now(),
             peak: AtomicUsize::new(0),
-            full_since: AtomicU64::new(0),
-            full_total: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            start_sum: AtomicU64::new(0),
+            end_sum: AtomicU64::new(0),
         }
     }
 
@@ -111,22 +132,41 @@ impl Meter {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Under the buffer lock, after adding items: `len` is the new length. Relaxed, in this
-    /// and the other writers: the lock orders the writes, and readers want a snapshot.
-    pub(crate) fn after_push(&self, len: usize, capacity: usize) {
-        self.peak.fetch_max(len, Ordering::Relaxed);
+    /// Under the buffer lock, after adding items: `len` is the new length.
+    pub(crate) fn after_push(&self, len: usize, capacity: usize) -> Edge {
+        // Relaxed: written only under the lock, which orders the writes; a plain load and
+        // store, not a read-modify-write.
+        if len > self.peak.load(Ordering::Relaxed) {
+            self.peak.store(len, Ordering::Relaxed);
+        }
         if len == capacity {
-            self.full_since.store(self.now() + 1, Ordering::Relaxed);
+            Edge::Full
+        } else {
+            Edge::None
         }
     }
 
     /// Under the buffer lock, before removing items: `len` is the length before.
-    pub(crate) fn before_pop(&self, len: usize, capacity: usize) {
-        if len == capacity {
-            let since = self.full_since.swap(0, Ordering::Relaxed);
-            if since != 0 {
-                let spell = self.now().saturating_sub(since - 1);
-                self.full_total.fetch_add(spell, Ordering::Relaxed);
+    pub(crate) fn before_pop(&self, len: usize, capacity: usize) -> Edge {
+        if len == capacity && len > 0 {
+            Edge::Room
+        } else {
+            Edge::None
+        }
+    }
+
+    /// After the lock is released: times an edge found under it.
+    pub(crate) fn record(&self, edge: Edge) {
+        // Relaxed: statistics; the sums are exact once every edge is recorded.
+        match edge {
+            Edge::None => {}
+            Edge::Full => {
+                self.start_sum.fetch_add(self.now(), Ordering::Relaxed);
+                self.started.fetch_add(1, Ordering::Relaxed);
+            }
+            Edge::Room => {
+                self.end_sum.fetch_add(self.now(), Ordering::Relaxed);
+                self.ended.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -136,11 +176,16 @@ impl Meter {
     }
 
     pub(crate) fn time_full(&self) -> Duration {
-        let mut total = self.full_total.load(Ordering::Relaxed);
-        let since = self.full_since.load(Ordering::Relaxed);
-        if since != 0 {
-            total += self.now().saturating_sub(since - 1);
-        }
+        // Relaxed: a snapshot. Counts first, so that an open spell is only counted open if
+        // its start is recorded.
+        let ended = self.ended.load(Ordering::Relaxed);
+        let started = self.started.load(Ordering::Relaxed);
+        let end_sum = self.end_sum.load(Ordering::Relaxed);
+        let start_sum = self.start_sum.load(Ordering::Relaxed);
+        let open = started.saturating_sub(ended);
+        let total = (u128::from(end_sum) + u128::from(open) * u128::from(self.now()))
+            .saturating_sub(u128::from(start_sum));
+        let total = u64::try_from(total).unwrap_or(u64::MAX).min(self.now());
         Duration::from_nanos(total)
     }
 }
