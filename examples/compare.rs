@@ -1,0 +1,1485 @@
+//! Side-by-side comparison of the crate's queue and pipeline with async-channel, flume, tokio
+//! mpsc and a plain `VecDeque`: throughput, pair cost, peak memory and shutdown time.
+//!
+//! ```text
+//! cargo run --release --example compare                       # one run, < 2 minutes
+//! cargo run --release --example compare -- --runs 3 --svg docs/bench.svg
+//! cargo run --release --example compare -- --only S1,S4 --reps 7
+//! ```
+//!
+//! Every number is the median of `--reps` repetitions (default 5); the variants of a shape
+//! are interleaved within each repetition, so a noisy neighbour hits them alike, and each
+//! ratio compares medians taken in the same process run. With `--runs N` the whole suite runs
+//! N times and a final table gives the median over the runs of each run's median and ratio.
+//!
+//! Options: `--runs N`, `--reps N`, `--only S1,S2,S3,S4,S5,MEM,SD`, `--svg PATH` (writes the
+//! chart from the final table), `--work-iters N` (fixes the ~1 µs busy work instead of
+//! calibrating it; for profilers, which slow the calibration down too), `--shape TEXT` and
+//! `--variant TEXT` (measure only the shapes / variants whose label contains TEXT, to
+//! profile one case: `--only S1 --shape "cap 1024, 1→4" --variant "Queue (async"`).
+//!
+//! The shapes (executor: one `async_executor::Executor` run on 2 threads):
+//! - S1 back-pressure hand-off: `Policy::Block`, `push().await` / `pop().await`, 1 producer →
+//!   1, 4, 16 consumer tasks, capacity 16 and 1024, vs a bounded async-channel.
+//! - S2 overload, `DropOldest` into capacity 16, 4 consumers at ~1 µs/item: the producer's
+//!   push rate, vs async-channel's `force_send`.
+//! - S3 the same with `DropNewest`, vs async-channel's `try_send`.
+//! - S4 single thread, uncontended: push without waiting + pop polled once with a no-op waker.
+//! - S5 the whole `Pipeline` (Block, capacity 1024, 4 workers, ~1 µs/item, N items then
+//!   shutdown) vs 4 hand-written tasks reading a bounded async-channel, joined at the end.
+//! - MEM peak RSS (`VmHWM`) of a burst into a pipeline (DropOldest, capacity 1024, slow
+//!   workers) vs an unbounded async-channel; each measured in a child process.
+//! - SD shutdown: a full backlog of fast work, and workers stuck in `pending()`.
+//!
+//! "std-Mutex copy" rows measure [`std_mutex_copy::StdQueue`], a copy of the crate's queue
+//! with `std::sync::Mutex` in place of `async_lock::Mutex`, kept here for comparison only.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use async_executor::Executor;
+use backpressure_pipeline::{ExecutorSpawner, Pipeline, Policy, PushOutcome, Queue};
+
+// ---------------------------------------------------------------------------------------------
+// The std-Mutex copy (comparison only)
+// ---------------------------------------------------------------------------------------------
+
+/// COMPARISON ONLY — not part of the crate. A copy of `src/queue.rs`'s `Queue` with
+/// `std::sync::Mutex` in place of `async_lock::Mutex`: the same items semaphore, the same
+/// lock-free "full" check for `DropNewest`, the same eviction that leaves the semaphore
+/// alone, the same `room` event for `Block`. Its rows tell what the async mutex costs.
+mod std_mutex_copy {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Mutex, MutexGuard};
+
+    use async_lock::Semaphore;
+    use backpressure_pipeline::{Policy, PushOutcome};
+    use event_listener::{Event, IntoNotification};
+
+    const CLOSE_FLOOD: usize = usize::MAX >> 1;
+
+    /// The crate's queue with a `std::sync::Mutex` (comparison only).
+    pub struct StdQueue<T> {
+        items: Semaphore,
+        buf: Mutex<VecDeque<T>>,
+        room: Event,
+        closed: AtomicBool,
+        len: AtomicUsize,
+        capacity: usize,
+        policy: Policy,
+        accepted: AtomicU64,
+        shed: AtomicU64,
+        evicted: AtomicU64,
+    }
+
+    impl<T> StdQueue<T> {
+        pub fn new(capacity: usize, policy: Policy) -> Self {
+            StdQueue {
+                items: Semaphore::new(0),
+                buf: Mutex::new(VecDeque::new()),
+                room: Event::new(),
+                closed: AtomicBool::new(false),
+                len: AtomicUsize::new(0),
+                capacity,
+                policy,
+                accepted: AtomicU64::new(0),
+                shed: AtomicU64::new(0),
+                evicted: AtomicU64::new(0),
+            }
+        }
+
+        fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
+            self.buf
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+
+        pub async fn push(&self, item: T) -> PushOutcome<T> {
+            let item = match self.shed_if_full(item) {
+                Ok(item) => item,
+                Err(outcome) => return outcome,
+            };
+            loop {
+                // The guard lives in this block only: a std guard must not be held (or even
+                // look held) across the `.await`.
+                let listener = {
+                    let buf = self.lock();
+                    let closed = self.closed.load(Ordering::Acquire);
+                    if self.policy != Policy::Block || closed || buf.len() < self.capacity {
+                        return self.push_locked(buf, item);
+                    }
+                    self.room.listen()
+                };
+                listener.await;
+            }
+        }
+
+        pub fn try_push(&self, item: T) -> PushOutcome<T> {
+            match self.shed_if_full(item) {
+                Ok(item) => self.push_locked(self.lock(), item),
+                Err(outcome) => outcome,
+            }
+        }
+
+        fn shed_if_full(&self, item: T) -> Result<T, PushOutcome<T>> {
+            if self.policy != Policy::DropNewest || self.items.available_permits() < self.capacity {
+                return Ok(item);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return Err(PushOutcome::Closed(item));
+            }
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            Err(PushOutcome::Shed(item))
+        }
+
+        fn push_locked(&self, mut buf: MutexGuard<'_, VecDeque<T>>, item: T) -> PushOutcome<T> {
+            if self.closed.load(Ordering::Acquire) {
+                return PushOutcome::Closed(item);
+            }
+            if buf.len() < self.capacity {
+                buf.push_back(item);
+                self.len.store(buf.len(), Ordering::Relaxed);
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                drop(buf);
+                self.items.add_permits(1);
+                return PushOutcome::Accepted;
+            }
+            match self.policy {
+                Policy::DropNewest => {
+                    self.shed.fetch_add(1, Ordering::Relaxed);
+                    drop(buf);
+                    PushOutcome::Shed(item)
+                }
+                Policy::DropOldest => {
+                    let oldest = buf.pop_front();
+                    buf.push_back(item);
+                    self.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                    drop(buf);
+                    match oldest {
+                        Some(oldest) => PushOutcome::Evicted(oldest),
+                        None => PushOutcome::Accepted,
+                    }
+                }
+                Policy::Block => PushOutcome::Full(item),
+            }
+        }
+
+        pub async fn pop(&self) -> Option<T> {
+            let permit = self.items.acquire().await;
+            let mut buf = self.lock();
+            let item = buf.pop_front();
+            self.len.store(buf.len(), Ordering::Relaxed);
+            drop(buf);
+            match item {
+                Some(item) => {
+                    permit.forget();
+                    if self.policy == Policy::Block {
+                        self.room.notify(1.additional());
+                    }
+                    Some(item)
+                }
+                None => None,
+            }
+        }
+
+        pub fn close(&self) -> bool {
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return false;
+            }
+            self.items.add_permits(CLOSE_FLOOD);
+            self.room.notify(usize::MAX);
+            true
+        }
+    }
+}
+
+use std_mutex_copy::StdQueue;
+
+// ---------------------------------------------------------------------------------------------
+// The two queues behind one trait, so every shape runs the same code on both
+// ---------------------------------------------------------------------------------------------
+
+trait BenchQueue: Send + Sync + 'static {
+    fn make(capacity: usize, policy: Policy) -> Self;
+    fn push(&self, item: u64) -> impl Future<Output = PushOutcome<u64>> + Send + '_;
+    fn try_push(&self, item: u64) -> PushOutcome<u64>;
+    fn pop(&self) -> impl Future<Output = Option<u64>> + Send + '_;
+    fn close(&self);
+}
+
+impl BenchQueue for Queue<u64> {
+    fn make(capacity: usize, policy: Policy) -> Self {
+        Queue::new(capacity, policy).expect("valid capacity")
+    }
+    fn push(&self, item: u64) -> impl Future<Output = PushOutcome<u64>> + Send + '_ {
+        Queue::push(self, item)
+    }
+    fn try_push(&self, item: u64) -> PushOutcome<u64> {
+        Queue::try_push(self, item)
+    }
+    fn pop(&self) -> impl Future<Output = Option<u64>> + Send + '_ {
+        Queue::pop(self)
+    }
+    fn close(&self) {
+        Queue::close(self);
+    }
+}
+
+impl BenchQueue for StdQueue<u64> {
+    fn make(capacity: usize, policy: Policy) -> Self {
+        StdQueue::new(capacity, policy)
+    }
+    fn push(&self, item: u64) -> impl Future<Output = PushOutcome<u64>> + Send + '_ {
+        StdQueue::push(self, item)
+    }
+    fn try_push(&self, item: u64) -> PushOutcome<u64> {
+        StdQueue::try_push(self, item)
+    }
+    fn pop(&self) -> impl Future<Output = Option<u64>> + Send + '_ {
+        StdQueue::pop(self)
+    }
+    fn close(&self) {
+        StdQueue::close(self);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Executor, busy work, /proc
+// ---------------------------------------------------------------------------------------------
+
+const EXECUTOR_THREADS: usize = 2;
+
+/// One multi-threaded executor for the whole process, run on 2 threads.
+fn ex() -> &'static Arc<Executor<'static>> {
+    static EX: OnceLock<Arc<Executor<'static>>> = OnceLock::new();
+    EX.get_or_init(|| {
+        let ex = Arc::new(Executor::new());
+        for i in 0..EXECUTOR_THREADS {
+            let ex = ex.clone();
+            thread::Builder::new()
+                .name(format!("ex-{i}"))
+                .spawn(move || smol::block_on(ex.run(std::future::pending::<()>())))
+                .expect("spawn an executor thread");
+        }
+        ex
+    })
+}
+
+/// Runs `fut` as a task on the executor and waits for it from this (non-executor) thread.
+fn run<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
+    smol::block_on(ex().spawn(fut))
+}
+
+static WORK_ITERS: OnceLock<u32> = OnceLock::new();
+
+/// About 1 µs of busy work (calibrated at start, or `--work-iters`).
+fn work() {
+    spin(*WORK_ITERS.get().expect("calibrated"));
+}
+
+fn spin(iters: u32) {
+    let mut x = black_box(0x9E37_79B9_7F4A_7C15_u64);
+    for _ in 0..black_box(iters) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    black_box(x);
+}
+
+/// Iterations of `spin` per µs: the fastest of several timings (noise only slows it down).
+fn calibrate() -> u32 {
+    const ITERS: u32 = 2_000_000;
+    let best = (0..7)
+        .map(|_| {
+            let start = Instant::now();
+            spin(ITERS);
+            start.elapsed()
+        })
+        .min()
+        .expect("seven timings");
+    ((ITERS as f64 / (best.as_secs_f64() * 1e6)).round() as u32).max(1)
+}
+
+/// A `kB` field of /proc/self/status, in KiB.
+fn proc_status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split(':').nth(1))
+        .map(|model| model.trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// S1: back-pressure hand-off
+// ---------------------------------------------------------------------------------------------
+
+const S1_ITEMS: u64 = 300_000;
+
+fn s1_queue<Q: BenchQueue>(capacity: usize, consumers: usize) -> f64 {
+    let queue = Arc::new(Q::make(capacity, Policy::Block));
+    let start = Instant::now();
+    let total = run(async move {
+        let tasks: Vec<_> = (0..consumers)
+            .map(|_| {
+                let queue = queue.clone();
+                ex().spawn(async move {
+                    let mut n = 0u64;
+                    while let Some(item) = queue.pop().await {
+                        black_box(item);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for i in 0..S1_ITEMS {
+            assert!(queue.push(i).await.is_accepted());
+        }
+        queue.close();
+        let mut total = 0;
+        for task in tasks {
+            total += task.await;
+        }
+        total
+    });
+    assert_eq!(total, S1_ITEMS);
+    S1_ITEMS as f64 / start.elapsed().as_secs_f64()
+}
+
+fn s1_channel(capacity: usize, consumers: usize) -> f64 {
+    let (tx, rx) = async_channel::bounded::<u64>(capacity);
+    let start = Instant::now();
+    let total = run(async move {
+        let tasks: Vec<_> = (0..consumers)
+            .map(|_| {
+                let rx = rx.clone();
+                ex().spawn(async move {
+                    let mut n = 0u64;
+                    while let Ok(item) = rx.recv().await {
+                        black_box(item);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        drop(rx);
+        for i in 0..S1_ITEMS {
+            tx.send(i).await.expect("receivers alive");
+        }
+        drop(tx);
+        let mut total = 0;
+        for task in tasks {
+            total += task.await;
+        }
+        total
+    });
+    assert_eq!(total, S1_ITEMS);
+    S1_ITEMS as f64 / start.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// S2 / S3: overload into capacity 16, 4 consumers at ~1 µs per item
+// ---------------------------------------------------------------------------------------------
+
+/// Items pushed per repetition: S3 sheds most of them at a lock-free check, so it needs more.
+const S2_ITEMS: u64 = 2_000_000;
+const S3_ITEMS: u64 = 10_000_000;
+const OVERLOAD_CAPACITY: usize = 16;
+const OVERLOAD_CONSUMERS: usize = 4;
+
+/// The producer's push rate, in items/s; `sync_push` uses `try_push` instead of `push().await`.
+fn overload_queue<Q: BenchQueue>(policy: Policy, sync_push: bool) -> f64 {
+    let items = overload_items(policy == Policy::DropOldest);
+    let queue = Arc::new(Q::make(OVERLOAD_CAPACITY, policy));
+    let elapsed = run(async move {
+        let tasks: Vec<_> = (0..OVERLOAD_CONSUMERS)
+            .map(|_| {
+                let queue = queue.clone();
+                ex().spawn(async move {
+                    while let Some(item) = queue.pop().await {
+                        work();
+                        black_box(item);
+                    }
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        for i in 0..items {
+            let outcome = if sync_push {
+                queue.try_push(i)
+            } else {
+                queue.push(i).await
+            };
+            black_box(outcome.into_inner());
+        }
+        let elapsed = start.elapsed();
+        queue.close();
+        for task in tasks {
+            task.await;
+        }
+        elapsed
+    });
+    items as f64 / elapsed.as_secs_f64()
+}
+
+fn overload_items(evicting: bool) -> u64 {
+    if evicting {
+        S2_ITEMS
+    } else {
+        S3_ITEMS
+    }
+}
+
+/// async-channel's push rate: `force_send` (evict the oldest) or `try_send` (shed the new).
+fn overload_channel(force: bool) -> f64 {
+    let items = overload_items(force);
+    let (tx, rx) = async_channel::bounded::<u64>(OVERLOAD_CAPACITY);
+    let elapsed = run(async move {
+        let tasks: Vec<_> = (0..OVERLOAD_CONSUMERS)
+            .map(|_| {
+                let rx = rx.clone();
+                ex().spawn(async move {
+                    while let Ok(item) = rx.recv().await {
+                        work();
+                        black_box(item);
+                    }
+                })
+            })
+            .collect();
+        drop(rx);
+        let start = Instant::now();
+        for i in 0..items {
+            if force {
+                black_box(tx.force_send(i).expect("receivers alive"));
+            } else {
+                black_box(tx.try_send(i).err().map(|err| err.into_inner()));
+            }
+        }
+        let elapsed = start.elapsed();
+        drop(tx);
+        for task in tasks {
+            task.await;
+        }
+        elapsed
+    });
+    items as f64 / elapsed.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// S4: single thread, uncontended push + pop pair, in ns
+// ---------------------------------------------------------------------------------------------
+
+const PAIRS: u64 = 2_000_000;
+
+/// Polls `fut` once with a no-op waker; the pop must be ready (an item is there).
+fn poll_ready<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(fut).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("an uncontended pop with an item present must be ready"),
+    }
+}
+
+fn time_pairs(mut pair: impl FnMut(u64)) -> f64 {
+    let start = Instant::now();
+    for i in 0..PAIRS {
+        pair(i);
+    }
+    start.elapsed().as_nanos() as f64 / PAIRS as f64
+}
+
+fn s4_queue<Q: BenchQueue>() -> f64 {
+    let queue = Q::make(1024, Policy::Block);
+    time_pairs(|i| {
+        let _ = black_box(queue.try_push(i));
+        black_box(poll_ready(queue.pop()));
+    })
+}
+
+fn s4_async_channel() -> f64 {
+    let (tx, rx) = async_channel::bounded::<u64>(1024);
+    time_pairs(|i| {
+        let _ = black_box(tx.try_send(i));
+        let _ = black_box(poll_ready(rx.recv()));
+    })
+}
+
+fn s4_flume() -> f64 {
+    let (tx, rx) = flume::bounded::<u64>(1024);
+    time_pairs(|i| {
+        let _ = black_box(tx.try_send(i));
+        let _ = black_box(poll_ready(rx.recv_async()));
+    })
+}
+
+fn s4_tokio() -> f64 {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+    time_pairs(|i| {
+        let _ = black_box(tx.try_send(i));
+        black_box(poll_ready(rx.recv()));
+    })
+}
+
+fn s4_vecdeque() -> f64 {
+    let mut deque = VecDeque::with_capacity(1024);
+    time_pairs(|i| {
+        deque.push_back(black_box(i));
+        black_box(deque.pop_front());
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// S5: the whole pipeline vs a hand-written pool
+// ---------------------------------------------------------------------------------------------
+
+const S5_ITEMS: u64 = 200_000;
+const S5_CAPACITY: usize = 1024;
+const S5_WORKERS: usize = 4;
+
+fn s5_pipeline() -> f64 {
+    let start = Instant::now();
+    let report = run(async {
+        let pipeline = Pipeline::builder(S5_CAPACITY, Policy::Block)
+            .workers(S5_WORKERS)
+            .deadline(Duration::from_secs(60))
+            .spawn(ExecutorSpawner::new(ex().clone()), |item: u64| async move {
+                work();
+                black_box(item);
+            })
+            .expect("valid pipeline");
+        for i in 0..S5_ITEMS {
+            assert!(pipeline.push(i).await.is_accepted());
+        }
+        pipeline.shutdown().await
+    });
+    let elapsed = start.elapsed();
+    assert!(report.is_conserved() && report.all_joined());
+    assert_eq!(report.processed, S5_ITEMS);
+    S5_ITEMS as f64 / elapsed.as_secs_f64()
+}
+
+fn s5_pool() -> f64 {
+    let start = Instant::now();
+    let processed = run(async {
+        let (tx, rx) = async_channel::bounded::<u64>(S5_CAPACITY);
+        let tasks: Vec<_> = (0..S5_WORKERS)
+            .map(|_| {
+                let rx = rx.clone();
+                ex().spawn(async move {
+                    let mut n = 0u64;
+                    while let Ok(item) = rx.recv().await {
+                        work();
+                        black_box(item);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        drop(rx);
+        for i in 0..S5_ITEMS {
+            tx.send(i).await.expect("workers alive");
+        }
+        drop(tx);
+        let mut n = 0;
+        for task in tasks {
+            n += task.await;
+        }
+        n
+    });
+    let elapsed = start.elapsed();
+    assert_eq!(processed, S5_ITEMS);
+    S5_ITEMS as f64 / elapsed.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// MEM: peak RSS of a burst, each in its own process
+// ---------------------------------------------------------------------------------------------
+
+const MEM_BURSTS: [u64; 3] = [1_000_000, 3_000_000, 10_000_000];
+const MEM_CAPACITY: usize = 1024;
+const SLOW_WORK: Duration = Duration::from_millis(1);
+
+/// In a child process: push a burst of `n` items with slow workers, print peak RSS in KiB.
+fn child_mem(kind: &str, n: u64) {
+    let before = proc_status_kib("VmRSS:");
+    match kind {
+        "pipeline" => {
+            let report = run(async move {
+                let pipeline = Pipeline::builder(MEM_CAPACITY, Policy::DropOldest)
+                    .workers(4)
+                    .deadline(Duration::ZERO)
+                    .grace(Duration::ZERO)
+                    .spawn(ExecutorSpawner::new(ex().clone()), |item: u64| async move {
+                        async_io::Timer::after(SLOW_WORK).await;
+                        black_box(item);
+                    })
+                    .expect("valid pipeline");
+                for i in 0..n {
+                    black_box(pipeline.push(i).await.into_inner());
+                }
+                pipeline.shutdown().await
+            });
+            assert!(report.is_conserved());
+            assert_eq!(report.produced, n);
+        }
+        "channel" => {
+            run(async move {
+                let (tx, rx) = async_channel::unbounded::<u64>();
+                for _ in 0..4 {
+                    let rx = rx.clone();
+                    ex().spawn(async move {
+                        while let Ok(item) = rx.recv().await {
+                            async_io::Timer::after(SLOW_WORK).await;
+                            black_box(item);
+                        }
+                    })
+                    .detach();
+                }
+                for i in 0..n {
+                    tx.try_send(i).expect("unbounded and open");
+                }
+                // The backlog is all there now; the process exits without draining it.
+                black_box(tx.len());
+            });
+        }
+        other => panic!("unknown memory child {other:?}"),
+    }
+    println!("{} {}", proc_status_kib("VmHWM:"), before);
+    std::process::exit(0);
+}
+
+/// Re-executes this binary as a memory child; returns peak RSS in MiB.
+fn mem_in_child(kind: &str, n: u64) -> f64 {
+    let exe = std::env::current_exe().expect("own path");
+    let mut command = Command::new(exe);
+    command.args(["--child-mem", kind, &n.to_string()]);
+    if let Some(iters) = WORK_ITERS.get() {
+        command.args(["--work-iters", &iters.to_string()]);
+    }
+    let output = command.output().expect("run the memory child");
+    assert!(output.status.success(), "memory child failed: {output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let hwm_kib: f64 = stdout
+        .split_whitespace()
+        .next()
+        .and_then(|kib| kib.parse().ok())
+        .expect("the child prints VmHWM");
+    hwm_kib / 1024.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// SD: shutdown
+// ---------------------------------------------------------------------------------------------
+
+const SD_CAPACITY: usize = 1024;
+const SD_DEADLINE: Duration = Duration::from_millis(50);
+const SD_GRACE: Duration = Duration::from_millis(10);
+
+/// Shutdown of a pipeline whose queue is full (1024) of ~1 µs work, 4 workers: ms from
+/// `shutdown()` to the report. The workers are held at a gate until shutdown begins.
+fn sd_backlog_pipeline() -> f64 {
+    let elapsed = run(async {
+        let gate = Arc::new(async_lock::OnceCell::<()>::new());
+        let worker_gate = gate.clone();
+        let pipeline = Pipeline::builder(SD_CAPACITY, Policy::Block)
+            .workers(4)
+            .deadline(Duration::from_secs(30))
+            .spawn(ExecutorSpawner::new(ex().clone()), move |item: u64| {
+                let gate = worker_gate.clone();
+                async move {
+                    gate.wait().await;
+                    work();
+                    black_box(item);
+                }
+            })
+            .expect("valid pipeline");
+        let mut i = 0;
+        // Fill until Full: each worker holds one item at the gate, the queue holds 1024.
+        while pipeline.try_push(i).is_accepted() {
+            i += 1;
+        }
+        // The clock starts before the gate opens: opening it may deschedule this task
+        // while the workers drain, and that time belongs to the measurement.
+        let start = Instant::now();
+        gate.set(()).await.expect("the gate opens once");
+        let report = pipeline.shutdown().await;
+        let elapsed = start.elapsed();
+        assert_eq!(report.processed, i);
+        assert!(!report.deadline_exceeded);
+        elapsed
+    });
+    elapsed.as_secs_f64() * 1e3
+}
+
+/// The same backlog in 4 hand-written tasks over a bounded async-channel: close, join.
+fn sd_backlog_pool() -> f64 {
+    let elapsed = run(async {
+        let gate = Arc::new(async_lock::OnceCell::<()>::new());
+        let (tx, rx) = async_channel::bounded::<u64>(SD_CAPACITY);
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (rx, gate) = (rx.clone(), gate.clone());
+                ex().spawn(async move {
+                    let mut n = 0u64;
+                    while let Ok(item) = rx.recv().await {
+                        gate.wait().await;
+                        work();
+                        black_box(item);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut i = 0;
+        while tx.try_send(i).is_ok() {
+            i += 1;
+        }
+        // The clock starts before the gate opens: opening it may deschedule this task
+        // while the workers drain, and that time belongs to the measurement.
+        let start = Instant::now();
+        gate.set(()).await.expect("the gate opens once");
+        drop(tx);
+        let mut n = 0;
+        for task in tasks {
+            n += task.await;
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(n, i);
+        elapsed
+    });
+    elapsed.as_secs_f64() * 1e3
+}
+
+/// Shutdown with 4 workers stuck in `pending()` (deadline 50 ms, grace 10 ms): ms.
+fn sd_stuck() -> f64 {
+    let elapsed = run(async {
+        let pipeline = Pipeline::builder(SD_CAPACITY, Policy::Block)
+            .workers(4)
+            .deadline(SD_DEADLINE)
+            .grace(SD_GRACE)
+            .spawn(ExecutorSpawner::new(ex().clone()), |_: u64| {
+                std::future::pending::<()>()
+            })
+            .expect("valid pipeline");
+        for i in 0..8 {
+            assert!(pipeline.push(i).await.is_accepted());
+        }
+        // Let the workers take their items and get stuck.
+        while pipeline.len() > 4 {
+            async_io::Timer::after(Duration::from_millis(1)).await;
+        }
+        let start = Instant::now();
+        let report = pipeline.shutdown().await;
+        let elapsed = start.elapsed();
+        assert!(report.is_conserved() && report.all_joined());
+        assert_eq!(report.workers_aborted, 4);
+        elapsed
+    });
+    elapsed.as_secs_f64() * 1e3
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows and tables
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Unit {
+    ItemsPerSec,
+    NsPerOp,
+    MiB,
+    Ms,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::ItemsPerSec => "items/s ↑",
+            Unit::NsPerOp => "ns/pair ↓",
+            Unit::MiB => "peak MiB ↓",
+            Unit::Ms => "ms ↓",
+        }
+    }
+
+    fn fmt(self, v: f64) -> String {
+        match self {
+            Unit::ItemsPerSec if v >= 1e6 => format!("{:.2}M", v / 1e6),
+            Unit::ItemsPerSec => format!("{:.0}k", v / 1e3),
+            Unit::NsPerOp => format!("{v:.1}"),
+            Unit::MiB => format!("{v:.1}"),
+            Unit::Ms => format!("{v:.2}"),
+        }
+    }
+}
+
+/// One measured row: a shape, a variant, its samples, and what its ratio is against.
+#[derive(Clone)]
+struct Row {
+    shape: String,
+    variant: String,
+    unit: Unit,
+    samples: Vec<f64>,
+    /// The variant of the same shape the ratio is against, or a fixed value with its name.
+    base: Base,
+}
+
+#[derive(Clone)]
+enum Base {
+    None,
+    Variant(&'static str),
+    Fixed(&'static str, f64),
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// A row as printed: median, spread, ratio (ours / base, in the row's unit).
+#[derive(Clone)]
+struct Summary {
+    shape: String,
+    variant: String,
+    unit: Unit,
+    median: f64,
+    spread: (f64, f64),
+    ratio: Option<(f64, String)>,
+}
+
+fn summarize(rows: &[Row]) -> Vec<Summary> {
+    rows.iter()
+        .map(|row| {
+            let med = median(&row.samples);
+            let ratio = match &row.base {
+                Base::None => None,
+                Base::Variant(name) => rows
+                    .iter()
+                    .find(|r| r.shape == row.shape && r.variant == *name)
+                    .filter(|r| r.variant != row.variant)
+                    .map(|r| (med / median(&r.samples), name.to_string())),
+                Base::Fixed(name, value) => Some((med / value, name.to_string())),
+            };
+            Summary {
+                shape: row.shape.clone(),
+                variant: row.variant.clone(),
+                unit: row.unit,
+                median: med,
+                spread: min_max(&row.samples),
+                ratio,
+            }
+        })
+        .collect()
+}
+
+fn print_table(title: &str, summaries: &[Summary], spread_label: &str) {
+    println!("\n{title}");
+    println!(
+        "{:<34} {:<26} {:<11} {:>9} {:>19}  ratio (this / base)",
+        "shape", "variant", "unit", "median", spread_label
+    );
+    let mut last_shape = "";
+    for s in summaries {
+        if s.shape != last_shape && !last_shape.is_empty() {
+            println!();
+        }
+        last_shape = &s.shape;
+        let spread = format!("{}–{}", s.unit.fmt(s.spread.0), s.unit.fmt(s.spread.1));
+        let ratio = match &s.ratio {
+            Some((r, base)) => format!("{r:.2}× {base}"),
+            None => String::new(),
+        };
+        println!(
+            "{:<34} {:<26} {:<11} {:>9} {:>19}  {}",
+            s.shape,
+            s.variant,
+            s.unit.name(),
+            s.unit.fmt(s.median),
+            spread,
+            ratio
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite
+// ---------------------------------------------------------------------------------------------
+
+const OURS: &str = "Queue (async Mutex)";
+const OURS_SYNC: &str = "Queue try_push (async Mutex)";
+const COPY: &str = "std-Mutex copy";
+const COPY_SYNC: &str = "std-Mutex copy try_push";
+const CHANNEL: &str = "async-channel";
+
+/// A variant of a shape: its name, what its ratio is against, and one measurement.
+type Variant<'a> = (&'a str, Base, Box<dyn Fn() -> f64>);
+
+struct Suite {
+    reps: usize,
+    only: Option<Vec<String>>,
+    /// `--shape TEXT` / `--variant TEXT`: measure only the shapes / variants whose label
+    /// contains TEXT (for profiling one case; ratios then may be missing).
+    shape_filter: Option<String>,
+    variant_filter: Option<String>,
+    rows: Vec<Row>,
+}
+
+impl Suite {
+    fn wants(&self, shape: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o.eq_ignore_ascii_case(shape)))
+    }
+
+    /// Measures `variants` of one shape, interleaved within each repetition.
+    fn measure(&mut self, shape: &str, unit: Unit, mut variants: Vec<Variant<'_>>) {
+        if let Some(f) = &self.shape_filter {
+            if !shape.contains(f.as_str()) {
+                return;
+            }
+        }
+        if let Some(f) = &self.variant_filter {
+            variants.retain(|(name, _, _)| name.contains(f.as_str()));
+        }
+        let mut samples = vec![Vec::with_capacity(self.reps); variants.len()];
+        for _ in 0..self.reps {
+            for (i, (_, _, f)) in variants.iter().enumerate() {
+                samples[i].push(f());
+            }
+        }
+        for ((variant, base, _), samples) in variants.into_iter().zip(samples) {
+            self.rows.push(Row {
+                shape: shape.to_string(),
+                variant: variant.to_string(),
+                unit,
+                samples,
+                base,
+            });
+        }
+    }
+
+    fn run_all(&mut self) {
+        let ch = || Base::Variant(CHANNEL);
+        if self.wants("S1") {
+            for capacity in [16, 1024] {
+                for consumers in [1, 4, 16] {
+                    self.measure(
+                        &format!("S1 Block cap {capacity}, 1→{consumers}"),
+                        Unit::ItemsPerSec,
+                        vec![
+                            (
+                                OURS,
+                                ch(),
+                                Box::new(move || s1_queue::<Queue<u64>>(capacity, consumers)),
+                            ),
+                            (
+                                COPY,
+                                ch(),
+                                Box::new(move || s1_queue::<StdQueue<u64>>(capacity, consumers)),
+                            ),
+                            (
+                                CHANNEL,
+                                Base::None,
+                                Box::new(move || s1_channel(capacity, consumers)),
+                            ),
+                        ],
+                    );
+                }
+            }
+        }
+        for (shape, policy, force) in [
+            ("S2", Policy::DropOldest, true),
+            ("S3", Policy::DropNewest, false),
+        ] {
+            if !self.wants(shape) {
+                continue;
+            }
+            let label = format!("{shape} {policy:?} cap 16, 4×1µs");
+            let base_name = if force {
+                "async-channel force_send"
+            } else {
+                "async-channel try_send"
+            };
+            let base = move || Base::Variant(base_name);
+            self.measure(
+                &label,
+                Unit::ItemsPerSec,
+                vec![
+                    (
+                        OURS,
+                        base(),
+                        Box::new(move || overload_queue::<Queue<u64>>(policy, false)),
+                    ),
+                    (
+                        OURS_SYNC,
+                        base(),
+                        Box::new(move || overload_queue::<Queue<u64>>(policy, true)),
+                    ),
+                    (
+                        COPY,
+                        base(),
+                        Box::new(move || overload_queue::<StdQueue<u64>>(policy, false)),
+                    ),
+                    (
+                        COPY_SYNC,
+                        base(),
+                        Box::new(move || overload_queue::<StdQueue<u64>>(policy, true)),
+                    ),
+                    (
+                        base_name,
+                        Base::None,
+                        Box::new(move || overload_channel(force)),
+                    ),
+                ],
+            );
+        }
+        if self.wants("S4") {
+            self.measure(
+                "S4 1 thread, push+pop pair",
+                Unit::NsPerOp,
+                vec![
+                    (OURS, ch(), Box::new(s4_queue::<Queue<u64>>)),
+                    (COPY, ch(), Box::new(s4_queue::<StdQueue<u64>>)),
+                    (CHANNEL, Base::None, Box::new(s4_async_channel)),
+                    ("flume", ch(), Box::new(s4_flume)),
+                    ("tokio mpsc", ch(), Box::new(s4_tokio)),
+                    ("VecDeque (floor)", ch(), Box::new(s4_vecdeque)),
+                ],
+            );
+        }
+        if self.wants("S5") {
+            self.measure(
+                "S5 Pipeline Block cap 1024, 4×1µs",
+                Unit::ItemsPerSec,
+                vec![
+                    (
+                        "Pipeline",
+                        Base::Variant("hand-written pool"),
+                        Box::new(s5_pipeline),
+                    ),
+                    ("hand-written pool", Base::None, Box::new(s5_pool)),
+                ],
+            );
+        }
+        if self.wants("MEM") {
+            for n in MEM_BURSTS {
+                self.measure(
+                    &format!("MEM burst {}M, slow workers", n / 1_000_000),
+                    Unit::MiB,
+                    vec![
+                        (
+                            "Pipeline DropOldest 1024",
+                            Base::Variant("unbounded async-channel"),
+                            Box::new(move || mem_in_child("pipeline", n)),
+                        ),
+                        (
+                            "unbounded async-channel",
+                            Base::None,
+                            Box::new(move || mem_in_child("channel", n)),
+                        ),
+                    ],
+                );
+            }
+        }
+        if self.wants("SD") {
+            self.measure(
+                "SD backlog 1024 full, 4×1µs",
+                Unit::Ms,
+                vec![
+                    (
+                        "Pipeline shutdown()",
+                        Base::Variant("pool close+join"),
+                        Box::new(sd_backlog_pipeline),
+                    ),
+                    ("pool close+join", Base::None, Box::new(sd_backlog_pool)),
+                ],
+            );
+            let budget = (SD_DEADLINE + SD_GRACE).as_secs_f64() * 1e3;
+            self.measure(
+                "SD 4 stuck, deadline 50 grace 10",
+                Unit::Ms,
+                vec![
+                    (
+                        "Pipeline shutdown()",
+                        Base::Fixed("deadline", SD_DEADLINE.as_secs_f64() * 1e3),
+                        Box::new(sd_stuck),
+                    ),
+                    ("(deadline + grace)", Base::None, Box::new(move || budget)),
+                ],
+            );
+        }
+    }
+}
+
+/// The median over runs of each row's median, min–max of the run medians, median of ratios.
+fn combine(runs: &[Vec<Summary>]) -> Vec<Summary> {
+    runs[0]
+        .iter()
+        .enumerate()
+        .map(|(i, first)| {
+            let medians: Vec<f64> = runs.iter().map(|run| run[i].median).collect();
+            let ratios: Vec<f64> = runs
+                .iter()
+                .filter_map(|run| run[i].ratio.as_ref().map(|r| r.0))
+                .collect();
+            Summary {
+                shape: first.shape.clone(),
+                variant: first.variant.clone(),
+                unit: first.unit,
+                median: median(&medians),
+                spread: min_max(&medians),
+                ratio: first
+                    .ratio
+                    .as_ref()
+                    .map(|(_, base)| (median(&ratios), base.clone())),
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chart
+// ---------------------------------------------------------------------------------------------
+
+/// Two panels drawn by hand: S1 throughput against consumer count, peak RSS against burst.
+fn svg(summaries: &[Summary], header: &str) -> String {
+    let find = |shape: &str, variant: &str| {
+        summaries
+            .iter()
+            .find(|s| s.shape == shape && s.variant == variant)
+            .map(|s| s.median)
+    };
+    let mut out = String::new();
+    let (w, h) = (960.0, 480.0);
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    // The header is "command — machine": one line each.
+    for (i, line) in header.split(" — ").enumerate() {
+        let _ = writeln!(
+            out,
+            r##"<text x="10" y="{}" font-size="11" fill="#555">{}</text>"##,
+            16 + 14 * i,
+            xml(line)
+        );
+    }
+    let colours = ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"];
+
+    // Panel 1: S1 throughput against consumers, capacity 1024 (solid) and 16 (dashed).
+    let consumers = [1, 4, 16];
+    let mut series = Vec::new();
+    for (ci, variant) in [OURS, COPY, CHANNEL].iter().enumerate() {
+        for (capacity, dash) in [(1024, ""), (16, "5,4")] {
+            let points: Vec<Option<f64>> = consumers
+                .iter()
+                .map(|c| find(&format!("S1 Block cap {capacity}, 1→{c}"), variant).map(|v| v / 1e6))
+                .collect();
+            series.push((
+                format!("{variant}, cap {capacity}"),
+                colours[ci],
+                dash,
+                points,
+            ));
+        }
+    }
+    let labels: Vec<String> = consumers.iter().map(|c| c.to_string()).collect();
+    panel(
+        &mut out,
+        60.0,
+        66.0,
+        "S1 back-pressure hand-off: M items/s vs consumer tasks",
+        "consumer tasks (1 producer)",
+        &labels,
+        &series,
+    );
+
+    // Panel 2: peak RSS against burst size.
+    let mut series = Vec::new();
+    for (ci, variant) in ["Pipeline DropOldest 1024", "unbounded async-channel"]
+        .iter()
+        .enumerate()
+    {
+        let points: Vec<Option<f64>> = MEM_BURSTS
+            .iter()
+            .map(|n| {
+                find(
+                    &format!("MEM burst {}M, slow workers", n / 1_000_000),
+                    variant,
+                )
+            })
+            .collect();
+        series.push((variant.to_string(), colours[[0, 2][ci]], "", points));
+    }
+    let labels: Vec<String> = MEM_BURSTS
+        .iter()
+        .map(|n| format!("{}M", n / 1_000_000))
+        .collect();
+    panel(
+        &mut out,
+        540.0,
+        66.0,
+        "Peak RSS (MiB) vs burst size, slow workers",
+        "items in the burst (u64)",
+        &labels,
+        &series,
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+type Series<'a> = (String, &'a str, &'a str, Vec<Option<f64>>);
+
+fn panel(
+    out: &mut String,
+    x0: f64,
+    y0: f64,
+    title: &str,
+    xlabel: &str,
+    labels: &[String],
+    series: &[Series<'_>],
+) {
+    let (pw, ph) = (380.0, 250.0);
+    let max = series
+        .iter()
+        .flat_map(|s| s.3.iter().flatten())
+        .fold(0.0_f64, |m, &v| m.max(v));
+    let top = nice_ceiling(max.max(1e-9));
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-weight="bold">{}</text>"#,
+        x0,
+        y0 - 10.0,
+        xml(title)
+    );
+    let _ = writeln!(
+        out,
+        r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
+    );
+    for k in 0..=4 {
+        let v = top * k as f64 / 4.0;
+        let y = y0 + ph - ph * k as f64 / 4.0;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            x0 + pw,
+            x0 - 5.0,
+            y + 4.0,
+            trim(v)
+        );
+    }
+    let xs: Vec<f64> = (0..labels.len())
+        .map(|i| x0 + pw * (i as f64 + 0.5) / labels.len() as f64)
+        .collect();
+    for (x, label) in xs.iter().zip(labels) {
+        let _ = writeln!(
+            out,
+            r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#,
+            y0 + ph + 16.0,
+            xml(label)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        x0 + pw / 2.0,
+        y0 + ph + 34.0,
+        xml(xlabel)
+    );
+    for (si, (name, colour, dash, points)) in series.iter().enumerate() {
+        let coords: Vec<(f64, f64)> = xs
+            .iter()
+            .zip(points)
+            .filter_map(|(&x, p)| p.map(|v| (x, y0 + ph - ph * v / top)))
+            .collect();
+        let path: Vec<String> = coords
+            .iter()
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/>"#,
+            path.join(" ")
+        );
+        for ((x, y), v) in coords.iter().zip(points.iter().flatten()) {
+            let _ = writeln!(
+                out,
+                r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{colour}"/><text x="{:.1}" y="{:.1}" font-size="10" fill="{colour}">{}</text>"#,
+                x + 4.0,
+                y - 4.0,
+                trim(*v)
+            );
+        }
+        let ly = y0 + ph + 52.0 + 14.0 * si as f64;
+        let _ = writeln!(
+            out,
+            r#"<line x1="{x0}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{}">{}</text>"#,
+            x0 + 24.0,
+            x0 + 30.0,
+            ly + 4.0,
+            xml(name)
+        );
+    }
+}
+
+fn nice_ceiling(v: f64) -> f64 {
+    let magnitude = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|&c| c >= v)
+        .unwrap_or(10.0 * magnitude)
+}
+
+fn trim(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(iters) = value("--work-iters") {
+        WORK_ITERS
+            .set(iters.parse().expect("--work-iters N"))
+            .expect("set once");
+    }
+    if let Some(kind) = value("--child-mem") {
+        let n = args
+            .iter()
+            .position(|a| a == "--child-mem")
+            .and_then(|i| args.get(i + 2))
+            .and_then(|n| n.parse().ok())
+            .expect("--child-mem KIND N");
+        if WORK_ITERS.get().is_none() {
+            let _ = WORK_ITERS.set(1);
+        }
+        child_mem(&kind, n);
+        return;
+    }
+    let runs: usize = value("--runs").map_or(1, |n| n.parse().expect("--runs N"));
+    let reps: usize = value("--reps").map_or(5, |n| n.parse().expect("--reps N"));
+    let only = value("--only").map(|s| s.split(',').map(str::to_string).collect());
+    let svg_path = value("--svg");
+    if WORK_ITERS.get().is_none() {
+        let _ = WORK_ITERS.set(calibrate());
+    }
+
+    let nproc = thread::available_parallelism().map_or(0, |n| n.get());
+    let command = format!(
+        "cargo run --release --example compare{}",
+        if args.len() > 1 {
+            format!(" -- {}", args[1..].join(" "))
+        } else {
+            String::new()
+        }
+    );
+    let header = format!(
+        "machine: nproc {nproc}, {}; executor: async_executor::Executor on {EXECUTOR_THREADS} threads; ~1µs work = {} spin iterations",
+        cpu_model(),
+        WORK_ITERS.get().expect("set")
+    );
+    println!("command: {command}");
+    println!("{header}");
+    println!("{runs} run(s) × {reps} repetitions per row; variants interleaved within each repetition; ratio = this / base, medians of the same run");
+
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for r in 0..runs {
+        let mut suite = Suite {
+            reps,
+            only: only.clone(),
+            shape_filter: value("--shape"),
+            variant_filter: value("--variant"),
+            rows: Vec::new(),
+        };
+        suite.run_all();
+        let summaries = summarize(&suite.rows);
+        print_table(
+            &format!("== run {} of {runs} (median of {reps}) ==", r + 1),
+            &summaries,
+            "min–max",
+        );
+        all.push(summaries);
+    }
+    let final_table = if runs > 1 {
+        let combined = combine(&all);
+        print_table(
+            &format!("== final: median over {runs} runs of each run's median (spread: min–max of the run medians); ratio: median of the runs' ratios =="),
+            &combined,
+            "run medians",
+        );
+        combined
+    } else {
+        all.pop().expect("one run")
+    };
+    println!("\ntotal time {:.1} s", started.elapsed().as_secs_f64());
+    if let Some(path) = svg_path {
+        if let Some(dir) = std::path::Path::new(&path).parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(&path, svg(&final_table, &format!("{command} — {header}")))
+            .expect("write the SVG");
+        println!("wrote {path}");
+    }
+}
