@@ -350,7 +350,7 @@ impl<T: Send + 'static> Pipeline<T> {
                     .await;
             }
         }
-        let left_in_queue = self.shared.queue.take_all().await.len() as u64;
+        let left_in_queue = self.shared.queue.take_all().len() as u64;
         #[cfg(feature = "tracing")]
         self.shared.shed_log.finish();
         let report = self.report(&state, left_in_queue);
@@ -422,6 +422,9 @@ impl<T> Drop for Pipeline<T> {
         for slot in &state.workers {
             slot.abort.abort();
         }
+        // Release the backlog now, not when the last `Producer` handle goes: an item may
+        // hold a reply channel that someone awaits.
+        drop(self.shared.queue.take_all());
     }
 }
 

@@ -25,19 +25,25 @@
 //!    cancelled). A pop that sees the count at zero under the lock skips the wake-up: no
 //!    producer can be asleep then, and one that comes later finds the room itself.
 //!
-//! Lock: the buffer lock is never held across an `.await`. Async paths wait for it with
-//! `lock().await`; [`Queue::try_push`], being synchronous, blocks the thread for it, which is
-//! why it is meant for synchronous producers (see its docs).
+//! Lock: the buffer lock is held for a few instructions and never across an `.await`, so it
+//! is a blocking `std::sync::Mutex` (loom's when model checked), taken the same way by tasks
+//! and by synchronous callers. An `async_lock::Mutex` here deadlocked a runtime thread: a
+//! synchronous `try_push` blocking on it from a task waited behind a notified lock waiter
+//! that only that same thread could run (`tests/faults.rs`,
+//! `try_push_from_a_task_beside_a_sync_producer`). The items semaphore stays
+//! `async_lock::Semaphore`: waiting for an item is what must not block.
 
 use std::collections::VecDeque;
 use std::fmt;
 
-use async_lock::{Mutex, MutexGuard, Semaphore};
+use std::sync::PoisonError;
+
+use async_lock::Semaphore;
 use event_listener::{Event, IntoNotification};
 
 use crate::policy::{ConfigError, Policy, PushOutcome};
 use crate::stats::{Meter, QueueStats};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// Permits added on close: enough to let every popper through, and far from overflow because
 /// the capacity is at most [`Queue::MAX_CAPACITY`].
@@ -185,16 +191,16 @@ impl<T> Queue<T> {
             Err(outcome) => return outcome,
         };
         loop {
-            let buf = self.buf.lock().await;
-            if self.policy != Policy::Block || self.is_closed() || buf.len() < self.capacity {
-                return self.push_locked(buf, item);
-            }
-            // Listen and stand in line before releasing the lock: a pop that makes room takes
-            // the lock after us, sees us waiting (invariant 5) and notifies after that, so its
-            // notification cannot be missed.
-            let listener = self.room.listen();
-            let waiting = Waiting::new(&self.waiting_producers);
-            drop(buf);
+            let (listener, waiting) = {
+                let buf = self.lock();
+                if self.policy != Policy::Block || self.is_closed() || buf.len() < self.capacity {
+                    return self.push_locked(buf, item);
+                }
+                // Listen and stand in line before releasing the lock: a pop that makes room
+                // takes the lock after us, sees us waiting (invariant 5) and notifies after
+                // that, so its notification cannot be missed.
+                (self.room.listen(), Waiting::new(&self.waiting_producers))
+            };
             // A notified listener that is dropped passes its notification on, so a cancelled
             // push never swallows the wake-up meant for another producer.
             listener.await;
@@ -208,12 +214,9 @@ impl<T> Queue<T> {
     /// `DropOldest` evicts the oldest ([`PushOutcome::Evicted`]) and `Block` reports
     /// [`PushOutcome::Full`]. A closed queue returns [`PushOutcome::Closed`].
     ///
-    /// This is the synchronous entry point, for producers outside async code (a callback, a
-    /// sensor thread). It never waits for room, but it takes the buffer lock without
-    /// yielding: if another thread holds it, this thread blocks for that critical section
-    /// (a few instructions; no lock is held across an `.await`). From a task, call
-    /// [`push`](Queue::push): under `DropNewest` and `DropOldest` it never waits for room
-    /// either, and it waits for the lock without blocking the executor's thread.
+    /// It works from synchronous code (a callback, a sensor thread) and from tasks alike. It
+    /// never waits for room; the buffer lock it takes is held by others for a few
+    /// instructions at most, never across an `.await`.
     ///
     /// # Examples
     ///
@@ -227,7 +230,7 @@ impl<T> Queue<T> {
     /// ```
     pub fn try_push(&self, item: T) -> PushOutcome<T> {
         match self.shed_if_full(item) {
-            Ok(item) => self.push_locked(self.lock_now(), item),
+            Ok(item) => self.push_locked(self.lock(), item),
             Err(outcome) => outcome,
         }
     }
@@ -317,9 +320,9 @@ impl<T> Queue<T> {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe. Until the item is taken, the permit that reserves it is held by a guard that
-    /// gives it back when dropped (waking the next popper); the item is taken in the same poll
-    /// that returns it. A pop dropped at any point leaves the item in the queue.
+    /// Cancel safe. The only wait is for the permit that reserves an item; once it is held,
+    /// the item is taken in the same poll that returns it. A pop dropped before that leaves
+    /// the item in the queue.
     ///
     /// # Examples
     ///
@@ -339,7 +342,7 @@ impl<T> Queue<T> {
         // A fresh `acquire()` per pop, dropped as soon as it completes, keeps the semaphore's
         // wake-ups chaining from one popper to the next.
         let permit = self.items.acquire().await;
-        let mut buf = self.buf.lock().await;
+        let mut buf = self.lock();
         let edge = self.meter.before_pop(buf.len(), self.capacity);
         let item = buf.pop_front();
         // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
@@ -403,7 +406,7 @@ impl<T> Queue<T> {
             return Vec::new();
         }
         let first = self.items.acquire().await;
-        let mut buf = self.buf.lock().await;
+        let mut buf = self.lock();
         // More permits, taken with the lock held and no `.await` until the items are taken,
         // so a cancelled `pop_many` cannot strand them. By invariant 1 each one stands for an
         // item in the buffer beyond those reserved by other poppers.
@@ -571,9 +574,9 @@ impl<T> Queue<T> {
     }
 
     /// Removes every item left in a closed queue (invariant 2).
-    pub(crate) async fn take_all(&self) -> VecDeque<T> {
+    pub(crate) fn take_all(&self) -> VecDeque<T> {
         debug_assert!(self.is_closed());
-        let mut buf = self.buf.lock().await;
+        let mut buf = self.lock();
         let edge = self.meter.before_pop(buf.len(), self.capacity);
         self.len.store(0, Ordering::Relaxed);
         let left = std::mem::take(&mut *buf);
@@ -598,12 +601,11 @@ impl<T> Queue<T> {
         self.state.load(Ordering::Acquire) & !CLOSED
     }
 
-    /// Takes the buffer lock without yielding, blocking the thread if another holds it.
-    fn lock_now(&self) -> MutexGuard<'_, VecDeque<T>> {
-        match self.buf.try_lock() {
-            Some(buf) => buf,
-            None => self.buf.lock_blocking(),
-        }
+    /// Takes the buffer lock (see the module's notes on it).
+    fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
+        // Nothing panics while the lock is held but a failed allocation, which aborts; if a
+        // panic did poison it, the buffer is still a valid `VecDeque`.
+        self.buf.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
