@@ -19,8 +19,9 @@
 //!   ([`on_shed`](PipelineBuilder::on_shed)), and with the `tracing` feature one warning when
 //!   shedding starts and one summary when it stops.
 //!
-//! No `unsafe`: the queue is an `async-lock` semaphore (permits == items available) over an
-//! `async-lock` mutex, and cancellation is built on `event-listener`.
+//! No `unsafe`: the queue is an `async-lock` semaphore (permits == items available) over a
+//! `VecDeque` behind a mutex held for a few instructions and never across an `.await`, and
+//! cancellation is built on `event-listener`.
 //!
 //! # Example
 //!

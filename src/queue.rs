@@ -60,8 +60,9 @@ const CLOSED: u64 = 1 << 63;
 
 /// A bounded MPMC hand-off queue with an explicit policy for when it is full.
 ///
-/// The queue is an [`async_lock::Semaphore`] whose permits count the items available, over an
-/// [`async_lock::Mutex`]`<VecDeque<T>>`. Share it with an `Arc`; every method takes `&self`.
+/// The queue is an [`async_lock::Semaphore`] whose permits count the items available, over a
+/// `std::sync::Mutex<VecDeque<T>>` that is never held across an `.await`. Share it with an
+/// `Arc`; every method takes `&self`, and `try_push` and `close` work from any thread.
 ///
 /// # Examples
 ///
