@@ -25,6 +25,12 @@
 //!    cancelled). A pop that sees the count at zero under the lock skips the wake-up: no
 //!    producer can be asleep then, and one that comes later finds the room itself.
 //!
+//! 6. Two pushes in a row may leave a second waiting popper asleep: the semaphore's
+//!    `notify(1)` finds the first popper already notified and does nothing more (loom found
+//!    this, `loom/tests/queue.rs`). So a popper that got its item, seeing permits left and a
+//!    popper still waiting, passes one wake-up on. Only then: with no one waiting, or
+//!    nothing left, it costs two relaxed loads.
+//!
 //! Lock: the buffer lock is held for a few instructions and never across an `.await`, so it
 //! is a blocking `std::sync::Mutex` (loom's when model checked), taken the same way by tasks
 //! and by synchronous callers. An `async_lock::Mutex` here deadlocked a runtime thread: a
@@ -38,7 +44,7 @@ use std::fmt;
 
 use std::sync::PoisonError;
 
-use async_lock::Semaphore;
+use async_lock::{Semaphore, SemaphoreGuard};
 use event_listener::{Event, IntoNotification};
 
 use crate::policy::{ConfigError, Policy, PushOutcome};
@@ -91,6 +97,8 @@ pub struct Queue<T> {
     room: Event,
     /// Producers waiting for room (invariant 5).
     waiting_producers: AtomicUsize,
+    /// Poppers waiting for an item (invariant 6).
+    waiting_poppers: AtomicUsize,
     /// The closed flag and the shed count (invariant 4).
     state: AtomicU64,
     /// A copy of the buffer's length, written under the lock, for lock-free reads.
@@ -153,6 +161,7 @@ impl<T> Queue<T> {
             buf: Mutex::new(VecDeque::new()),
             room: Event::new(),
             waiting_producers: AtomicUsize::new(0),
+            waiting_poppers: AtomicUsize::new(0),
             state: AtomicU64::new(0),
             len: AtomicUsize::new(0),
             capacity,
@@ -342,7 +351,7 @@ impl<T> Queue<T> {
     pub async fn pop(&self) -> Option<T> {
         // A fresh `acquire()` per pop, dropped as soon as it completes, keeps the semaphore's
         // wake-ups chaining from one popper to the next.
-        let permit = self.items.acquire().await;
+        let permit = self.reserve().await;
         let mut buf = self.lock();
         let edge = self.meter.before_pop(buf.len(), self.capacity);
         let item = buf.pop_front();
@@ -360,6 +369,7 @@ impl<T> Queue<T> {
             Some(item) => {
                 // The permit stood for this item (invariant 1): consume it.
                 permit.forget();
+                self.chain_wake();
                 if producers_wait {
                     // One more slot, one more producer: `additional`, so that slots freed in
                     // a burst wake as many producers, not one. If the notified producer was
@@ -406,7 +416,7 @@ impl<T> Queue<T> {
         if limit == 0 {
             return Vec::new();
         }
-        let first = self.items.acquire().await;
+        let first = self.reserve().await;
         let mut buf = self.lock();
         // More permits, taken with the lock held and no `.await` until the items are taken,
         // so a cancelled `pop_many` cannot strand them. By invariant 1 each one stands for an
@@ -436,6 +446,7 @@ impl<T> Queue<T> {
             return batch;
         }
         first.forget();
+        self.chain_wake();
         if producers_wait {
             self.room.notify(batch.len().additional());
         }
@@ -584,6 +595,24 @@ impl<T> Queue<T> {
         drop(buf);
         self.meter.record(edge);
         left
+    }
+
+    /// Waits for a permit, counting this popper as waiting while it does (invariant 6).
+    async fn reserve(&self) -> SemaphoreGuard<'_> {
+        if let Some(permit) = self.items.try_acquire() {
+            return permit;
+        }
+        let _waiting = Waiting::new(&self.waiting_poppers);
+        self.items.acquire().await
+    }
+
+    /// Passes a wake-up on to the next waiting popper if items are left for it (invariant 6):
+    /// releasing a permit notifies one waiter unless one is already notified.
+    fn chain_wake(&self) {
+        // Relaxed: a hint; a popper that starts waiting later checks the permits itself.
+        if self.waiting_poppers.load(Ordering::Relaxed) > 0 && self.items.available_permits() > 0 {
+            drop(self.items.try_acquire());
+        }
     }
 
     /// Whether a producer may be waiting for room; read under the buffer lock (invariant 5).

@@ -94,12 +94,25 @@ fn push_wakes_a_sleeping_popper() {
     });
 }
 
-// Not modelled: two poppers woken by two pushes. With two poppers contending for the buffer
-// lock, `async_lock::Mutex` switches to its fair mode after 500 µs of wall-clock waiting, a
-// branch loom cannot replay deterministically ("Is the model fully deterministic?"). The
-// hand-polled tests `two_pushes_wake_two_waiting_poppers_in_turn` and
-// `a_burst_of_pushes_wakes_every_waiting_popper_in_turn` (tests/queue.rs) cover that
-// hand-off at every poll point instead.
+/// Two poppers, two pushes: both poppers get an item (the wake-up chains from one acquirer
+/// to the next).
+#[test]
+fn two_pushes_reach_two_poppers() {
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(2, Policy::Block).unwrap());
+        let poppers: Vec<_> = (0..2)
+            .map(|_| {
+                let queue = queue.clone();
+                thread::spawn(move || block_on(queue.pop()))
+            })
+            .collect();
+        assert_eq!(queue.try_push(1), PushOutcome::Accepted);
+        assert_eq!(queue.try_push(2), PushOutcome::Accepted);
+        let mut got: Vec<_> = poppers.into_iter().map(|p| p.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, [Some(1), Some(2)]);
+    });
+}
 
 /// A producer waiting for room under `Block` is woken by the pop that makes room.
 #[test]
