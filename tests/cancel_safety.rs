@@ -8,12 +8,14 @@
 
 mod common;
 
+use common::CountingWaker;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use backpressure_pipeline::{
@@ -23,20 +25,6 @@ use common::{Live, Sp, Tracked};
 use futures_util::poll;
 
 // ---- Hand-polling ----
-
-/// A waker that counts its wake-ups.
-#[derive(Default)]
-struct CountingWaker(AtomicUsize);
-
-impl Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 /// Where the task under test is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,12 +82,12 @@ impl<'a, O> Task<'a, O> {
 
     /// Never polled, or woken since its last poll.
     fn is_woken(&self) -> bool {
-        self.polls == 0 || self.counter.0.load(Ordering::SeqCst) > self.seen
+        self.polls == 0 || self.counter.count() > self.seen
     }
 
     fn poll(&mut self) -> Option<O> {
         let future = self.future.as_mut()?;
-        self.seen = self.counter.0.load(Ordering::SeqCst);
+        self.seen = self.counter.count();
         self.polls += 1;
         match future.as_mut().poll(&mut Context::from_waker(&self.waker)) {
             Poll::Ready(out) => {

@@ -7,12 +7,16 @@
 //!
 //! `PROPTEST_CASES` overrides the number of cases (64 for the sequential model by default).
 
+mod common;
+
+use common::CountingWaker;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 
 use backpressure_pipeline::{CancellationToken, Policy, PushOutcome, Queue};
@@ -29,32 +33,6 @@ fn config(cases: u32) -> ProptestConfig {
         cases,
         failure_persistence: None,
         ..ProptestConfig::default()
-    }
-}
-
-/// A waker that counts its wake-ups.
-#[derive(Default)]
-struct CountingWaker(AtomicUsize);
-
-impl CountingWaker {
-    fn new() -> (Arc<CountingWaker>, Waker) {
-        let counter = Arc::new(CountingWaker::default());
-        let waker = Waker::from(counter.clone());
-        (counter, waker)
-    }
-
-    fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 

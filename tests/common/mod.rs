@@ -152,6 +152,34 @@ pub fn spawn<T: Send + 'static>(
     rx
 }
 
+/// A waker that counts its wake-ups, for tests that poll futures by hand.
+#[derive(Debug, Default)]
+pub struct CountingWaker(AtomicUsize);
+
+impl CountingWaker {
+    /// The counter and a waker that bumps it.
+    pub fn new() -> (Arc<CountingWaker>, std::task::Waker) {
+        let counter = Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(counter.clone());
+        (counter, waker)
+    }
+
+    /// Wake-ups so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Counts live [`Tracked`] values, and wakes waiters whenever one is dropped.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
