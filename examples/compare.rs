@@ -16,7 +16,7 @@
 //! chart from the final table), `--work-iters N` (fixes the ~1 µs busy work instead of
 //! calibrating it; for profilers, which slow the calibration down too), `--shape TEXT` and
 //! `--variant TEXT` (measure only the shapes / variants whose label contains TEXT, to
-//! profile one case: `--only S1 --shape "cap 1024, 1→4" --variant "Queue (async"`).
+//! profile one case: `--only S1 --shape "cap 1024, 1→4" --variant "Queue (std"`).
 //!
 //! The shapes (executor: one `async_executor::Executor` run on 2 threads):
 //! - S1 back-pressure hand-off: `Policy::Block`, `push().await` / `pop().await`, 1 producer →
@@ -31,8 +31,10 @@
 //!   workers) vs an unbounded async-channel; each measured in a child process.
 //! - SD shutdown: a full backlog of fast work, and workers stuck in `pending()`.
 //!
-//! "std-Mutex copy" rows measure [`std_mutex_copy::StdQueue`], a copy of the crate's queue
-//! with `std::sync::Mutex` in place of `async_lock::Mutex`, kept here for comparison only.
+//! "async-lock Mutex copy" rows measure [`async_lock_copy::AsyncLockQueue`], a copy of the
+//! crate's queue with `async_lock::Mutex` in place of its `std::sync::Mutex` (the design's
+//! first choice, given up because a synchronous `try_push` blocking on it from a task
+//! deadlocked a runtime thread), kept here for comparison only.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -49,58 +51,150 @@ use async_executor::Executor;
 use backpressure_pipeline::{ExecutorSpawner, Pipeline, Policy, PushOutcome, Queue};
 
 // ---------------------------------------------------------------------------------------------
-// The std-Mutex copy (comparison only)
+// The async-lock Mutex copy (comparison only)
 // ---------------------------------------------------------------------------------------------
 
-/// COMPARISON ONLY — not part of the crate. A copy of `src/queue.rs`'s `Queue` with
-/// `std::sync::Mutex` in place of `async_lock::Mutex`: the same items semaphore, the same
-/// lock-free "full" check for `DropNewest`, the same eviction that leaves the semaphore
-/// alone, the same `room` event for `Block`. Its rows tell what the async mutex costs.
-mod std_mutex_copy {
+/// COMPARISON ONLY — not part of the crate. The crate's `Queue` (`src/queue.rs`) with
+/// `async_lock::Mutex` in place of `std::sync::Mutex`: the design's first choice for the
+/// buffer lock (`lock().await` on the async paths; `try_lock`, then `lock_blocking`, for
+/// the synchronous `try_push`). Everything else is the same: the items semaphore, the
+/// lock-free "full" check for `DropNewest` counted on the closed+shed word, the eviction that
+/// leaves the semaphore alone, the counters written with a plain load and store on their own
+/// cache line, the clock read after the lock is released, the room wake-up skipped when no
+/// producer waits, and the wake-up passed on to a waiting popper when items are left
+/// (invariants 5 and 6 of `src/queue.rs`). Its rows tell what the std mutex buys.
+///
+/// The crate moved off this lock because a synchronous `try_push` blocking on it from a task
+/// deadlocked a runtime thread: the notified lock waiter could only run on the blocked thread
+/// (see `src/queue.rs` and `tests/faults.rs`). Here the executor has 2 threads, so the other
+/// one can run the waiter; the benchmark's `try_push` from a task has not hung, but nothing
+/// guarantees it.
+mod async_lock_copy {
     use std::collections::VecDeque;
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    use std::sync::{Mutex, MutexGuard};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::time::Instant;
 
-    use async_lock::Semaphore;
+    use async_lock::{Mutex, MutexGuard, Semaphore, SemaphoreGuard};
     use backpressure_pipeline::{Policy, PushOutcome};
     use event_listener::{Event, IntoNotification};
 
     const CLOSE_FLOOD: usize = usize::MAX >> 1;
+    const CLOSED: u64 = 1 << 63;
 
-    /// The crate's queue with a `std::sync::Mutex` (comparison only).
-    pub struct StdQueue<T> {
-        items: Semaphore,
-        buf: Mutex<VecDeque<T>>,
-        room: Event,
-        closed: AtomicBool,
-        len: AtomicUsize,
-        capacity: usize,
-        policy: Policy,
-        accepted: AtomicU64,
-        shed: AtomicU64,
-        evicted: AtomicU64,
+    /// A counter written only under the buffer lock: a plain load and store.
+    fn bump(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 
-    impl<T> StdQueue<T> {
-        pub fn new(capacity: usize, policy: Policy) -> Self {
-            StdQueue {
-                items: Semaphore::new(0),
-                buf: Mutex::new(VecDeque::new()),
-                room: Event::new(),
-                closed: AtomicBool::new(false),
-                len: AtomicUsize::new(0),
-                capacity,
-                policy,
-                accepted: AtomicU64::new(0),
-                shed: AtomicU64::new(0),
-                evicted: AtomicU64::new(0),
+    #[derive(Default)]
+    #[repr(align(128))]
+    struct Counts {
+        accepted: AtomicU64,
+        evicted: AtomicU64,
+        popped: AtomicU64,
+    }
+
+    /// A full spell's edge, found under the lock and timed after it (as `src/stats.rs`).
+    enum Edge {
+        None,
+        Full,
+        Room,
+    }
+
+    /// Peak length and time spent full, as the crate's `Meter`.
+    struct Meter {
+        epoch: Instant,
+        peak: AtomicUsize,
+        started: AtomicU64,
+        ended: AtomicU64,
+        start_sum: AtomicU64,
+        end_sum: AtomicU64,
+    }
+
+    impl Meter {
+        fn new() -> Meter {
+            Meter {
+                epoch: Instant::now(),
+                peak: AtomicUsize::new(0),
+                started: AtomicU64::new(0),
+                ended: AtomicU64::new(0),
+                start_sum: AtomicU64::new(0),
+                end_sum: AtomicU64::new(0),
             }
         }
 
-        fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
-            self.buf
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        fn now(&self) -> u64 {
+            u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        }
+
+        fn after_push(&self, len: usize, capacity: usize) -> Edge {
+            if len > self.peak.load(Ordering::Relaxed) {
+                self.peak.store(len, Ordering::Relaxed);
+            }
+            if len == capacity {
+                Edge::Full
+            } else {
+                Edge::None
+            }
+        }
+
+        fn before_pop(&self, len: usize, capacity: usize) -> Edge {
+            if len == capacity && len > 0 {
+                Edge::Room
+            } else {
+                Edge::None
+            }
+        }
+
+        fn record(&self, edge: Edge) {
+            match edge {
+                Edge::None => {}
+                Edge::Full => {
+                    self.start_sum.fetch_add(self.now(), Ordering::Relaxed);
+                    self.started.fetch_add(1, Ordering::Relaxed);
+                }
+                Edge::Room => {
+                    self.end_sum.fetch_add(self.now(), Ordering::Relaxed);
+                    self.ended.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The crate's queue with an `async_lock::Mutex` (comparison only).
+    pub struct AsyncLockQueue<T> {
+        items: Semaphore,
+        buf: Mutex<VecDeque<T>>,
+        room: Event,
+        waiting_producers: AtomicUsize,
+        waiting_poppers: AtomicUsize,
+        state: AtomicU64,
+        len: AtomicUsize,
+        capacity: usize,
+        policy: Policy,
+        counts: Counts,
+        meter: Meter,
+    }
+
+    impl<T> AsyncLockQueue<T> {
+        pub fn new(capacity: usize, policy: Policy) -> Self {
+            AsyncLockQueue {
+                items: Semaphore::new(0),
+                buf: Mutex::new(VecDeque::new()),
+                room: Event::new(),
+                waiting_producers: AtomicUsize::new(0),
+                waiting_poppers: AtomicUsize::new(0),
+                state: AtomicU64::new(0),
+                len: AtomicUsize::new(0),
+                capacity,
+                policy,
+                counts: Counts::default(),
+                meter: Meter::new(),
+            }
+        }
+
+        fn is_closed(&self) -> bool {
+            self.state.load(Ordering::Acquire) & CLOSED != 0
         }
 
         pub async fn push(&self, item: T) -> PushOutcome<T> {
@@ -109,23 +203,28 @@ mod std_mutex_copy {
                 Err(outcome) => return outcome,
             };
             loop {
-                // The guard lives in this block only: a std guard must not be held (or even
-                // look held) across the `.await`.
-                let listener = {
-                    let buf = self.lock();
-                    let closed = self.closed.load(Ordering::Acquire);
-                    if self.policy != Policy::Block || closed || buf.len() < self.capacity {
-                        return self.push_locked(buf, item);
-                    }
-                    self.room.listen()
-                };
+                let buf = self.buf.lock().await;
+                if self.policy != Policy::Block || self.is_closed() || buf.len() < self.capacity {
+                    return self.push_locked(buf, item);
+                }
+                let listener = self.room.listen();
+                let waiting = Waiting::new(&self.waiting_producers);
+                drop(buf);
                 listener.await;
+                drop(waiting);
             }
         }
 
+        /// Takes the lock without yielding: `try_lock`, else block the thread.
         pub fn try_push(&self, item: T) -> PushOutcome<T> {
             match self.shed_if_full(item) {
-                Ok(item) => self.push_locked(self.lock(), item),
+                Ok(item) => {
+                    let buf = match self.buf.try_lock() {
+                        Some(buf) => buf,
+                        None => self.buf.lock_blocking(),
+                    };
+                    self.push_locked(buf, item)
+                }
                 Err(outcome) => outcome,
             }
         }
@@ -134,36 +233,48 @@ mod std_mutex_copy {
             if self.policy != Policy::DropNewest || self.items.available_permits() < self.capacity {
                 return Ok(item);
             }
-            if self.closed.load(Ordering::Acquire) {
-                return Err(PushOutcome::Closed(item));
+            let mut state = self.state.load(Ordering::Acquire);
+            loop {
+                if state & CLOSED != 0 {
+                    return Err(PushOutcome::Closed(item));
+                }
+                match self.state.compare_exchange_weak(
+                    state,
+                    state + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Err(PushOutcome::Shed(item)),
+                    Err(now) => state = now,
+                }
             }
-            self.shed.fetch_add(1, Ordering::Relaxed);
-            Err(PushOutcome::Shed(item))
         }
 
         fn push_locked(&self, mut buf: MutexGuard<'_, VecDeque<T>>, item: T) -> PushOutcome<T> {
-            if self.closed.load(Ordering::Acquire) {
+            if self.is_closed() {
                 return PushOutcome::Closed(item);
             }
             if buf.len() < self.capacity {
                 buf.push_back(item);
                 self.len.store(buf.len(), Ordering::Relaxed);
-                self.accepted.fetch_add(1, Ordering::Relaxed);
+                let edge = self.meter.after_push(buf.len(), self.capacity);
+                bump(&self.counts.accepted, 1);
                 drop(buf);
                 self.items.add_permits(1);
+                self.meter.record(edge);
                 return PushOutcome::Accepted;
             }
             match self.policy {
                 Policy::DropNewest => {
-                    self.shed.fetch_add(1, Ordering::Relaxed);
+                    self.state.fetch_add(1, Ordering::Relaxed);
                     drop(buf);
                     PushOutcome::Shed(item)
                 }
                 Policy::DropOldest => {
                     let oldest = buf.pop_front();
                     buf.push_back(item);
-                    self.accepted.fetch_add(1, Ordering::Relaxed);
-                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                    bump(&self.counts.accepted, 1);
+                    bump(&self.counts.evicted, 1);
                     drop(buf);
                     match oldest {
                         Some(oldest) => PushOutcome::Evicted(oldest),
@@ -175,15 +286,25 @@ mod std_mutex_copy {
         }
 
         pub async fn pop(&self) -> Option<T> {
-            let permit = self.items.acquire().await;
-            let mut buf = self.lock();
+            let (permit, woken) = self.reserve().await;
+            let mut buf = self.buf.lock().await;
+            let edge = self.meter.before_pop(buf.len(), self.capacity);
             let item = buf.pop_front();
             self.len.store(buf.len(), Ordering::Relaxed);
+            if item.is_some() {
+                bump(&self.counts.popped, 1);
+            }
+            let producers_wait =
+                self.policy == Policy::Block && self.waiting_producers.load(Ordering::Relaxed) > 0;
             drop(buf);
+            self.meter.record(edge);
             match item {
                 Some(item) => {
                     permit.forget();
-                    if self.policy == Policy::Block {
+                    if woken {
+                        self.chain_wake();
+                    }
+                    if producers_wait {
                         self.room.notify(1.additional());
                     }
                     Some(item)
@@ -192,8 +313,26 @@ mod std_mutex_copy {
             }
         }
 
+        /// Waits for a permit, counted as a waiting popper meanwhile (invariant 6).
+        async fn reserve(&self) -> (SemaphoreGuard<'_>, bool) {
+            if let Some(permit) = self.items.try_acquire() {
+                return (permit, false);
+            }
+            let _waiting = Waiting::new(&self.waiting_poppers);
+            (self.items.acquire().await, true)
+        }
+
+        /// Passes a wake-up on to the next waiting popper if items are left (invariant 6).
+        fn chain_wake(&self) {
+            if self.waiting_poppers.load(Ordering::Relaxed) > 0
+                && self.items.available_permits() > 0
+            {
+                drop(self.items.try_acquire());
+            }
+        }
+
         pub fn close(&self) -> bool {
-            if self.closed.swap(true, Ordering::AcqRel) {
+            if self.state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED != 0 {
                 return false;
             }
             self.items.add_permits(CLOSE_FLOOD);
@@ -201,9 +340,25 @@ mod std_mutex_copy {
             true
         }
     }
+
+    /// A producer counted as waiting for room until this drops.
+    struct Waiting<'a>(&'a AtomicUsize);
+
+    impl<'a> Waiting<'a> {
+        fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+            count.fetch_add(1, Ordering::Relaxed);
+            Waiting(count)
+        }
+    }
+
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
-use std_mutex_copy::StdQueue;
+use async_lock_copy::AsyncLockQueue;
 
 // ---------------------------------------------------------------------------------------------
 // The two queues behind one trait, so every shape runs the same code on both
@@ -235,21 +390,21 @@ impl BenchQueue for Queue<u64> {
     }
 }
 
-impl BenchQueue for StdQueue<u64> {
+impl BenchQueue for AsyncLockQueue<u64> {
     fn make(capacity: usize, policy: Policy) -> Self {
-        StdQueue::new(capacity, policy)
+        AsyncLockQueue::new(capacity, policy)
     }
     fn push(&self, item: u64) -> impl Future<Output = PushOutcome<u64>> + Send + '_ {
-        StdQueue::push(self, item)
+        AsyncLockQueue::push(self, item)
     }
     fn try_push(&self, item: u64) -> PushOutcome<u64> {
-        StdQueue::try_push(self, item)
+        AsyncLockQueue::try_push(self, item)
     }
     fn pop(&self) -> impl Future<Output = Option<u64>> + Send + '_ {
-        StdQueue::pop(self)
+        AsyncLockQueue::pop(self)
     }
     fn close(&self) {
-        StdQueue::close(self);
+        AsyncLockQueue::close(self);
     }
 }
 
@@ -913,8 +1068,15 @@ fn summarize(rows: &[Row]) -> Vec<Summary> {
 
 fn print_table(title: &str, summaries: &[Summary], spread_label: &str) {
     println!("\n{title}");
+    // As wide as the longest variant label, so the columns stay aligned.
+    let vw = summaries
+        .iter()
+        .map(|s| s.variant.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(26);
     println!(
-        "{:<34} {:<26} {:<11} {:>9} {:>19}  ratio (this / base)",
+        "{:<34} {:<vw$} {:<11} {:>9} {:>19}  ratio (this / base)",
         "shape", "variant", "unit", "median", spread_label
     );
     let mut last_shape = "";
@@ -929,7 +1091,7 @@ fn print_table(title: &str, summaries: &[Summary], spread_label: &str) {
             None => String::new(),
         };
         println!(
-            "{:<34} {:<26} {:<11} {:>9} {:>19}  {}",
+            "{:<34} {:<vw$} {:<11} {:>9} {:>19}  {}",
             s.shape,
             s.variant,
             s.unit.name(),
@@ -944,10 +1106,10 @@ fn print_table(title: &str, summaries: &[Summary], spread_label: &str) {
 // The suite
 // ---------------------------------------------------------------------------------------------
 
-const OURS: &str = "Queue (async Mutex)";
-const OURS_SYNC: &str = "Queue try_push (async Mutex)";
-const COPY: &str = "std-Mutex copy";
-const COPY_SYNC: &str = "std-Mutex copy try_push";
+const OURS: &str = "Queue (std Mutex)";
+const OURS_SYNC: &str = "Queue try_push (std Mutex)";
+const COPY: &str = "async-lock Mutex copy (design's first choice)";
+const COPY_SYNC: &str = "async-lock Mutex copy try_push";
 const CHANNEL: &str = "async-channel";
 
 /// A variant of a shape: its name, what its ratio is against, and one measurement.
@@ -1014,7 +1176,9 @@ impl Suite {
                             (
                                 COPY,
                                 ch(),
-                                Box::new(move || s1_queue::<StdQueue<u64>>(capacity, consumers)),
+                                Box::new(move || {
+                                    s1_queue::<AsyncLockQueue<u64>>(capacity, consumers)
+                                }),
                             ),
                             (
                                 CHANNEL,
@@ -1057,12 +1221,12 @@ impl Suite {
                     (
                         COPY,
                         base(),
-                        Box::new(move || overload_queue::<StdQueue<u64>>(policy, false)),
+                        Box::new(move || overload_queue::<AsyncLockQueue<u64>>(policy, false)),
                     ),
                     (
                         COPY_SYNC,
                         base(),
-                        Box::new(move || overload_queue::<StdQueue<u64>>(policy, true)),
+                        Box::new(move || overload_queue::<AsyncLockQueue<u64>>(policy, true)),
                     ),
                     (
                         base_name,
@@ -1078,7 +1242,7 @@ impl Suite {
                 Unit::NsPerOp,
                 vec![
                     (OURS, ch(), Box::new(s4_queue::<Queue<u64>>)),
-                    (COPY, ch(), Box::new(s4_queue::<StdQueue<u64>>)),
+                    (COPY, ch(), Box::new(s4_queue::<AsyncLockQueue<u64>>)),
                     (CHANNEL, Base::None, Box::new(s4_async_channel)),
                     ("flume", ch(), Box::new(s4_flume)),
                     ("tokio mpsc", ch(), Box::new(s4_tokio)),
@@ -1442,6 +1606,7 @@ fn main() {
     println!("command: {command}");
     println!("{header}");
     println!("{runs} run(s) × {reps} repetitions per row; variants interleaved within each repetition; ratio = this / base, medians of the same run");
+    println!("\"async-lock Mutex copy\" = the crate's Queue with async_lock::Mutex in place of its std::sync::Mutex (the design's first choice), in this example only");
 
     let started = Instant::now();
     let mut all = Vec::new();

@@ -27,9 +27,10 @@
 //!
 //! 6. Two pushes in a row may leave a second waiting popper asleep: the semaphore's
 //!    `notify(1)` finds the first popper already notified and does nothing more (loom found
-//!    this, `loom/tests/queue.rs`). So a popper that got its item, seeing permits left and a
-//!    popper still waiting, passes one wake-up on. Only then: with no one waiting, or
-//!    nothing left, it costs two relaxed loads.
+//!    this, `loom/tests/queue.rs`). So a popper that was woken (only such a one can have
+//!    absorbed a wake-up meant for another) and got its item, seeing permits left and a
+//!    popper still waiting, passes one wake-up on. A popper that found its permit at once
+//!    does nothing more.
 //!
 //! Lock: the buffer lock is held for a few instructions and never across an `.await`, so it
 //! is a blocking `std::sync::Mutex` (loom's when model checked), taken the same way by tasks
@@ -351,7 +352,7 @@ impl<T> Queue<T> {
     pub async fn pop(&self) -> Option<T> {
         // A fresh `acquire()` per pop, dropped as soon as it completes, keeps the semaphore's
         // wake-ups chaining from one popper to the next.
-        let permit = self.reserve().await;
+        let (permit, woken) = self.reserve().await;
         let mut buf = self.lock();
         let edge = self.meter.before_pop(buf.len(), self.capacity);
         let item = buf.pop_front();
@@ -369,7 +370,9 @@ impl<T> Queue<T> {
             Some(item) => {
                 // The permit stood for this item (invariant 1): consume it.
                 permit.forget();
-                self.chain_wake();
+                if woken {
+                    self.chain_wake();
+                }
                 if producers_wait {
                     // One more slot, one more producer: `additional`, so that slots freed in
                     // a burst wake as many producers, not one. If the notified producer was
@@ -416,7 +419,7 @@ impl<T> Queue<T> {
         if limit == 0 {
             return Vec::new();
         }
-        let first = self.reserve().await;
+        let (first, woken) = self.reserve().await;
         let mut buf = self.lock();
         // More permits, taken with the lock held and no `.await` until the items are taken,
         // so a cancelled `pop_many` cannot strand them. By invariant 1 each one stands for an
@@ -446,7 +449,9 @@ impl<T> Queue<T> {
             return batch;
         }
         first.forget();
-        self.chain_wake();
+        if woken {
+            self.chain_wake();
+        }
         if producers_wait {
             self.room.notify(batch.len().additional());
         }
@@ -598,12 +603,14 @@ impl<T> Queue<T> {
     }
 
     /// Waits for a permit, counting this popper as waiting while it does (invariant 6).
-    async fn reserve(&self) -> SemaphoreGuard<'_> {
+    /// Returns whether it waited: only a popper that was woken can have absorbed a wake-up
+    /// meant for another, so only such a popper passes one on.
+    async fn reserve(&self) -> (SemaphoreGuard<'_>, bool) {
         if let Some(permit) = self.items.try_acquire() {
-            return permit;
+            return (permit, false);
         }
         let _waiting = Waiting::new(&self.waiting_poppers);
-        self.items.acquire().await
+        (self.items.acquire().await, true)
     }
 
     /// Passes a wake-up on to the next waiting popper if items are left for it (invariant 6):
