@@ -101,7 +101,7 @@ pub struct Queue<T> {
     /// Poppers waiting for an item (invariant 6).
     waiting_poppers: AtomicUsize,
     /// The closed flag and the shed count (invariant 4).
-    state: AtomicU64,
+    state: CacheLine<AtomicU64>,
     /// A copy of the buffer's length, written under the lock, for lock-free reads.
     len: AtomicUsize,
     capacity: usize,
@@ -163,7 +163,7 @@ impl<T> Queue<T> {
             room: Event::new(),
             waiting_producers: AtomicUsize::new(0),
             waiting_poppers: AtomicUsize::new(0),
-            state: AtomicU64::new(0),
+            state: CacheLine(AtomicU64::new(0)),
             len: AtomicUsize::new(0),
             capacity,
             policy,
@@ -256,14 +256,14 @@ impl<T> Queue<T> {
         // unless the permits are close's flood (invariant 3), which the closed flag tells.
         // Count the shed only while the flag is unset (invariant 4). Terminates: each retry
         // means another shed was counted or the queue closed, and close ends the loop.
-        let mut state = self.state.load(Ordering::Acquire);
+        let mut state = self.state.0.load(Ordering::Acquire);
         loop {
             if state & CLOSED != 0 {
                 return Err(PushOutcome::Closed(item));
             }
             // AcqRel on success: ordered with close's `fetch_or` in the word's modification
             // order, which is all invariant 4 needs; Acquire on failure to re-read the flag.
-            match self.state.compare_exchange_weak(
+            match self.state.0.compare_exchange_weak(
                 state,
                 state + 1,
                 Ordering::AcqRel,
@@ -290,7 +290,7 @@ impl<T> Queue<T> {
         match self.policy {
             Policy::DropNewest => {
                 // The flag is in the same word, but it cannot overflow into it: 2^63 sheds.
-                self.state.fetch_add(1, Ordering::Relaxed);
+                self.state.0.fetch_add(1, Ordering::Relaxed);
                 drop(buf);
                 PushOutcome::Shed(item)
             }
@@ -478,7 +478,7 @@ impl<T> Queue<T> {
         // AcqRel: the Release half publishes the close to pushers, who read it under the
         // buffer lock (invariant 3); the previous value tells which caller closed it, and the
         // shed count it carries is final (invariant 4).
-        if self.state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED != 0 {
+        if self.state.0.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED != 0 {
             return false;
         }
         self.items.add_permits(CLOSE_FLOOD);
@@ -499,7 +499,7 @@ impl<T> Queue<T> {
     /// ```
     pub fn is_closed(&self) -> bool {
         // Acquire: pairs with the Release in `close`.
-        self.state.load(Ordering::Acquire) & CLOSED != 0
+        self.state.0.load(Ordering::Acquire) & CLOSED != 0
     }
 
     /// The number of items in the queue at this instant.
@@ -635,7 +635,7 @@ impl<T> Queue<T> {
     /// Incoming items shed under [`Policy::DropNewest`] (invariant 4).
     pub(crate) fn shed(&self) -> u64 {
         // Acquire: a report reads this after close, and sees every shed counted before it.
-        self.state.load(Ordering::Acquire) & !CLOSED
+        self.state.0.load(Ordering::Acquire) & !CLOSED
     }
 
     /// Takes the buffer lock (see the module's notes on it).
@@ -675,3 +675,9 @@ impl Drop for Waiting<'_> {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// A value on a cache line of its own (128 bytes covers adjacent-line prefetching), so that
+/// the producers hammering it under overload do not also invalidate the lines the poppers use.
+#[derive(Debug)]
+#[repr(align(128))]
+struct CacheLine<T>(T);
