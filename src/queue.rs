@@ -229,6 +229,10 @@ impl<T> Queue<T> {
     /// never waits for room; the buffer lock it takes is held by others for a few
     /// instructions at most, never across an `.await`.
     ///
+    /// The lock is not fair: a thread calling `try_push` in a tight loop on a full queue can
+    /// hold up other producers and the workers' pops for a while (it re-takes the lock before
+    /// a woken waiter runs). Such a thread should push in bursts, or yield now and then.
+    ///
     /// # Examples
     ///
     /// ```
