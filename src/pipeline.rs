@@ -374,30 +374,27 @@ impl<T: Send + 'static> Pipeline<T> {
     }
 
     fn report(&self, state: &State, left_in_queue: u64) -> Report {
-        let counts = self.shared.queue.counts();
-        // Relaxed loads: every worker counted is joined, and the oneshot carrying its outcome
-        // orders its increments before these loads; the queue's counters were written under
-        // the lock that `take_all` has since taken.
-        let accepted = counts.accepted.load(Ordering::Relaxed);
-        let shed = self.shared.queue.shed();
-        let evicted = counts.evicted.load(Ordering::Relaxed);
-        let popped = counts.popped.load(Ordering::Relaxed);
-        let processed = self.shared.processed.load(Ordering::Relaxed);
-        let panicked = self.shared.panicked.load(Ordering::Relaxed);
+        // The queue's counters first (final: written under the lock that `take_all` has since
+        // taken), then the workers' (every worker counted is joined, and the oneshot carrying
+        // its outcome orders its increments before these loads).
+        let queue = self.shared.queue.stats();
+        let stats = self.shared.stats_with(&queue);
         // By invariant 1: a popped item not processed and not panicked was cut short
         // (aborted) or is still held by an unresponsive worker.
-        let in_flight = popped.saturating_sub(processed + panicked);
+        let in_flight = queue
+            .popped
+            .saturating_sub(stats.processed + stats.panicked);
         let outcomes = state.workers.iter().filter_map(|s| s.outcome);
         let joined = outcomes.clone().count();
         let aborted = outcomes
             .filter(|o| matches!(o, Exit::Aborted | Exit::Lost))
             .count();
         Report {
-            produced: accepted + shed,
-            processed,
-            dropped: shed + evicted,
+            produced: stats.produced,
+            processed: stats.processed,
+            dropped: stats.dropped,
             abandoned: left_in_queue + in_flight,
-            panicked,
+            panicked: stats.panicked,
             workers_spawned: state.workers.len(),
             workers_joined: joined,
             workers_aborted: aborted,

@@ -117,13 +117,13 @@ pub struct Queue<T> {
 /// lock that every push and pop touches.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub(crate) struct Counts {
+struct Counts {
     /// Items taken into the buffer (including those that evicted another).
-    pub(crate) accepted: AtomicU64,
+    accepted: AtomicU64,
     /// Buffered items evicted under [`Policy::DropOldest`].
-    pub(crate) evicted: AtomicU64,
+    evicted: AtomicU64,
     /// Items taken out by poppers (not by `take_all`).
-    pub(crate) popped: AtomicU64,
+    popped: AtomicU64,
 }
 
 impl<T> Queue<T> {
@@ -197,14 +197,14 @@ impl<T> Queue<T> {
     /// # }).unwrap();
     /// ```
     pub async fn push(&self, item: T) -> PushOutcome<T> {
-        let item = match self.shed_if_full(item) {
-            Ok(item) => item,
-            Err(outcome) => return outcome,
-        };
+        if self.policy != Policy::Block {
+            return self.try_push(item);
+        }
         loop {
             let (listener, waiting) = {
                 let buf = self.lock();
-                if self.policy != Policy::Block || self.is_closed() || buf.len() < self.capacity {
+                // `push_locked` refuses on close and enqueues when there is room.
+                if self.is_closed() || buf.len() < self.capacity {
                     return self.push_locked(buf, item);
                 }
                 // Listen and stand in line before releasing the lock: a pop that makes room
@@ -582,10 +582,13 @@ impl<T> Queue<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// ```
     pub fn stats(&self) -> QueueStats {
-        // Relaxed: a snapshot, each counter on its own.
+        // Relaxed: a snapshot, each counter on its own. Acquire for the shed count: a report
+        // reads it after close, and sees every shed counted before it (invariant 4). The
+        // pipeline's report reads the counters through here after `take_all`, whose lock
+        // orders the lock-held ones.
         QueueStats {
             accepted: self.counts.accepted.load(Ordering::Relaxed),
-            shed: self.shed(),
+            shed: self.state.0.load(Ordering::Acquire) & !CLOSED,
             evicted: self.counts.evicted.load(Ordering::Relaxed),
             popped: self.counts.popped.load(Ordering::Relaxed),
             len: self.len(),
@@ -630,16 +633,6 @@ impl<T> Queue<T> {
     fn producers_wait(&self) -> bool {
         // Relaxed: written under this lock when a producer starts waiting.
         self.policy == Policy::Block && self.waiting_producers.load(Ordering::Relaxed) > 0
-    }
-
-    pub(crate) fn counts(&self) -> &Counts {
-        &self.counts
-    }
-
-    /// Incoming items shed under [`Policy::DropNewest`] (invariant 4).
-    pub(crate) fn shed(&self) -> u64 {
-        // Acquire: a report reads this after close, and sees every shed counted before it.
-        self.state.0.load(Ordering::Acquire) & !CLOSED
     }
 
     /// Takes the buffer lock (see the module's notes on it).

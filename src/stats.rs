@@ -148,7 +148,7 @@ impl Meter {
 
     /// Under the buffer lock, before removing items: `len` is the length before.
     pub(crate) fn before_pop(&self, len: usize, capacity: usize) -> Edge {
-        if len == capacity && len > 0 {
+        if len == capacity {
             Edge::Room
         } else {
             Edge::None

@@ -8,7 +8,7 @@ use super::OnPanic;
 use crate::cancel::CancellationToken;
 use crate::policy::PushOutcome;
 use crate::queue::Queue;
-use crate::stats::Stats;
+use crate::stats::{QueueStats, Stats};
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// The hook called with each shed or evicted item.
@@ -81,7 +81,11 @@ impl<T> Shared<T> {
     }
 
     pub(super) fn stats(&self) -> Stats {
-        let queue = self.queue.stats();
+        self.stats_with(&self.queue.stats())
+    }
+
+    /// The pipeline's counters around a snapshot of the queue's.
+    pub(super) fn stats_with(&self, queue: &QueueStats) -> Stats {
         // Relaxed: a snapshot, each counter on its own.
         Stats {
             produced: queue.accepted + queue.shed,

@@ -119,7 +119,8 @@ where
         };
         let Some(item) = item else { return };
         // Relaxed, for the counters here: the report reads them after the join (invariant 2).
-        // A panic in the user's code is caught per item: it is counted and the worker goes on.
+        // A panic in the user's code is caught per item and counted; by `OnPanic` the worker
+        // goes on or the pipeline stops.
         match AssertUnwindSafe(async { work(item).await })
             .catch_unwind()
             .await
