@@ -51,7 +51,15 @@
 //!
 //! # Features
 //!
-//! - `smol` (default): [`SmolSpawner`] for smol's global executor and [`ExecutorSpawner`]
+// Without the `smol` feature its spawners are not in the crate: name them without a link.
+#![cfg_attr(
+    feature = "smol",
+    doc = "- `smol` (default): [`SmolSpawner`] for smol's global executor and [`ExecutorSpawner`]"
+)]
+#![cfg_attr(
+    not(feature = "smol"),
+    doc = "- `smol` (default): `SmolSpawner` for smol's global executor and `ExecutorSpawner`"
+)]
 //!   for an `async_executor::Executor` the application owns.
 //! - `tokio`: `TokioSpawner`, for a tokio runtime with its timer enabled.
 //! - `async-std`: `AsyncStdSpawner` (async-std is discontinued upstream; smol succeeds it).

@@ -39,7 +39,14 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// Runs futures and sleeps, on some async runtime.
 ///
 /// The trait is object safe; the pipeline keeps an `Arc<dyn Spawner>`. The crate implements
-/// it for smol ([`SmolSpawner`], [`ExecutorSpawner`]), tokio (`TokioSpawner`, feature
+#[cfg_attr(
+    feature = "smol",
+    doc = "it for smol ([`SmolSpawner`], [`ExecutorSpawner`]), tokio (`TokioSpawner`, feature"
+)]
+#[cfg_attr(
+    not(feature = "smol"),
+    doc = "it for smol (`SmolSpawner`, `ExecutorSpawner`), tokio (`TokioSpawner`, feature"
+)]
 /// `tokio`) and async-std (`AsyncStdSpawner`, feature `async-std`).
 ///
 /// An implementation may drop a spawned future without finishing it (a runtime shutting
