@@ -1,28 +1,29 @@
 //! The queue as a `futures` [`Stream`] (the consumer side) and [`Sink`] (the producer side).
 
+use std::error::Error;
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_core::Stream;
+use futures_core::{FusedStream, Stream};
 use futures_sink::Sink;
 
-use crate::policy::PushOutcome;
-use crate::queue::Queue;
+use crate::policy::{Policy, PushOutcome};
+use crate::queue::{Queue, Ticket};
 
-type BoxedPop<T> = Pin<Box<dyn Future<Output = Option<T>> + Send>>;
-type BoxedPush<T> = Pin<Box<dyn Future<Output = PushOutcome<T>> + Send>>;
+/// The hook a [`PushSink`] hands shed and evicted items to.
+type ShedHook<T> = Box<dyn FnMut(T) + Send + Sync>;
 
 /// The consumer side of a [`Queue`] as a [`Stream`]; made by [`Queue::into_stream`].
 ///
-/// Yields items oldest first and ends when the queue is closed and empty. Each item costs
-/// one small allocation (the pending pop); [`Queue::pop_many`] is the fast path for
-/// consumers that can take batches.
+/// Yields items oldest first and ends when the queue is closed and empty; after that it is
+/// terminated ([`FusedStream`]) and yields `None` again without looking at the queue.
+/// [`Queue::pop_many`] is the fast path for consumers that can take batches.
 ///
-/// A stream that is polled, returns `Pending`, and is then left unpolled while kept alive
-/// holds its place in line: drop it, or keep polling it.
+/// A stream that is polled, returns `Pending`, and is then kept without being polled holds
+/// at most one wake-up, as [`Queue::pop`] does: the other consumers are still woken for the
+/// other items.
 ///
 /// # Examples
 ///
@@ -45,10 +46,12 @@ type BoxedPush<T> = Pin<Box<dyn Future<Output = PushOutcome<T>> + Send>>;
 #[must_use = "streams do nothing unless polled"]
 pub struct PopStream<T> {
     queue: Arc<Queue<T>>,
-    pending: Option<BoxedPop<T>>,
+    /// A place in the poppers' line.
+    ticket: Option<Ticket>,
+    done: bool,
 }
 
-impl<T: Send + 'static> Queue<T> {
+impl<T> Queue<T> {
     /// The consumer side of the queue as a [`Stream`]; see [`PopStream`].
     ///
     /// # Examples
@@ -69,7 +72,8 @@ impl<T: Send + 'static> Queue<T> {
     pub fn into_stream(self: Arc<Self>) -> PopStream<T> {
         PopStream {
             queue: self,
-            pending: None,
+            ticket: None,
+            done: false,
         }
     }
 
@@ -85,7 +89,7 @@ impl<T: Send + 'static> Queue<T> {
     /// # smol::block_on(async {
     /// let queue = Arc::new(Queue::new(4, Policy::Block)?);
     /// let mut sink = queue.clone().into_sink();
-    /// sink.send(1).await.expect("Block accepts every item");
+    /// sink.send(1).await.expect("the queue is open");
     /// assert_eq!(queue.pop().await, Some(1));
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// # }).unwrap();
@@ -93,23 +97,41 @@ impl<T: Send + 'static> Queue<T> {
     pub fn into_sink(self: Arc<Self>) -> PushSink<T> {
         PushSink {
             queue: self,
-            pending: None,
+            ticket: None,
+            reserved: false,
+            on_shed: None,
         }
     }
 }
 
-impl<T: Send + 'static> Stream for PopStream<T> {
+impl<T> Stream for PopStream<T> {
     type Item = T;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let this = &mut *self;
-        let pop = this.pending.get_or_insert_with(|| {
-            let queue = this.queue.clone();
-            Box::pin(async move { queue.pop().await })
-        });
-        let item = std::task::ready!(pop.as_mut().poll(cx));
-        this.pending = None;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let item = std::task::ready!(this
+            .queue
+            .poll_take(cx, &mut this.ticket, 1, |buf, _| { buf.pop_front() }))
+        .flatten();
+        this.done = item.is_none();
         Poll::Ready(item)
+    }
+}
+
+impl<T> FusedStream for PopStream<T> {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+impl<T> Drop for PopStream<T> {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            self.queue.leave_poppers(&mut self.ticket);
+        }
     }
 }
 
@@ -117,85 +139,170 @@ impl<T> fmt::Debug for PopStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PopStream")
             .field("queue", &self.queue)
-            .field("waiting", &self.pending.is_some())
+            .field("waiting", &self.ticket.is_some())
+            .field("done", &self.done)
             .finish()
     }
 }
 
 /// The producer side of a [`Queue`] as a [`Sink`]; made by [`Queue::into_sink`].
 ///
-/// Under [`Policy::Block`](crate::Policy::Block) it is back-pressure for `SinkExt::send` and
-/// `send_all`: readiness waits for room. Under the shedding policies nothing is lost in
-/// silence either: an item shed or evicted ends the send with an error that carries the
-/// [`PushOutcome`], item included. Closing the sink closes the queue.
+/// An item the sink accepts (`start_send` returned `Ok`) is in the queue, or was handed to
+/// the shed hook: nothing the sink accepted is lost when the sink is dropped, because it
+/// holds nothing (as futures' mpsc `Sender` and tokio-util's `PollSender`, it enqueues in
+/// `start_send`; `poll_flush` has nothing to do).
 ///
-/// One item at a time is held inside the sink until the queue takes it; each costs one small
-/// allocation (the pending push).
+/// # Back-pressure (`Policy::Block`)
+///
+/// `poll_ready` waits for room and reserves a slot for the next `start_send`, in line with
+/// the producers waiting in [`Queue::push`]. A reserved slot that is never used is given
+/// back when the sink is dropped or closed.
+///
+/// # Shedding (`Policy::DropNewest`, `Policy::DropOldest`)
+///
+/// `poll_ready` is ready at once, and a send never fails because the queue is full: the
+/// shed item (the incoming one under `DropNewest`, the evicted oldest under `DropOldest`)
+/// goes to the hook set with [`on_shed`](PushSink::on_shed), and without a hook it is
+/// dropped; either way the queue counts it ([`Queue::stats`]). So `stream.forward(sink)`
+/// keeps going through overload, and the loss stays visible.
+///
+/// # Errors
+///
+/// Once the queue is closed, `poll_ready` fails with a [`SendError`] holding no item, and
+/// `start_send` with one holding the item.
 ///
 /// # Examples
 ///
 /// ```
-/// use std::sync::Arc;
-/// use futures_util::SinkExt;
-/// use backpressure_pipeline::{Policy, PushOutcome, Queue};
+/// use std::sync::{Arc, Mutex};
+/// use futures_util::{stream, StreamExt};
+/// use backpressure_pipeline::{Policy, Queue};
 ///
 /// # smol::block_on(async {
-/// let queue = Arc::new(Queue::new(1, Policy::DropNewest)?);
-/// let mut sink = queue.clone().into_sink();
-/// sink.send("kept").await.expect("there is room");
-/// assert_eq!(sink.send("shed").await, Err(PushOutcome::Shed("shed")));
-/// sink.close().await.expect("nothing pending");
-/// assert!(queue.is_closed());
+/// let queue = Arc::new(Queue::new(2, Policy::DropNewest)?);
+/// let shed = Arc::new(Mutex::new(Vec::new()));
+/// let sink = queue.clone().into_sink().on_shed({
+///     let shed = shed.clone();
+///     move |item| shed.lock().unwrap().push(item)
+/// });
+/// stream::iter(0..5).map(Ok).forward(sink).await.expect("the queue is open");
+/// assert_eq!(*shed.lock().unwrap(), [2, 3, 4]);
+/// assert_eq!(queue.stats().shed, 3);
 /// # Ok::<(), backpressure_pipeline::ConfigError>(())
 /// # }).unwrap();
 /// ```
 #[must_use = "sinks do nothing unless polled"]
 pub struct PushSink<T> {
     queue: Arc<Queue<T>>,
-    pending: Option<BoxedPush<T>>,
+    /// A place in the producers' line (under `Block`).
+    ticket: Option<Ticket>,
+    /// Whether a slot is reserved for the next `start_send` (under `Block`).
+    reserved: bool,
+    on_shed: Option<ShedHook<T>>,
 }
 
-impl<T: Send + 'static> PushSink<T> {
-    /// Drives the held push, if any, to its outcome.
-    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PushOutcome<T>>> {
-        let Some(push) = &mut self.pending else {
+impl<T> PushSink<T> {
+    /// Hands each item shed or evicted by a send to `hook` (by value: keep it, log it, send
+    /// it elsewhere). Without a hook such items are dropped, and counted by the queue.
+    ///
+    /// The hook runs in the sending task, after the queue's lock is released. If it panics,
+    /// the panic surfaces from that `start_send`; the queue has counted the item already.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use futures_util::SinkExt;
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// # smol::block_on(async {
+    /// let queue = Arc::new(Queue::new(1, Policy::DropOldest)?);
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let mut sink = queue.clone().into_sink().on_shed(move |old| tx.send(old).unwrap());
+    /// sink.send("first").await.unwrap();
+    /// sink.send("second").await.unwrap();
+    /// assert_eq!(rx.try_recv(), Ok("first")); // evicted
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn on_shed(mut self, hook: impl FnMut(T) + Send + Sync + 'static) -> Self {
+        self.on_shed = Some(Box::new(hook));
+        self
+    }
+
+    /// Gives back a reserved slot and a place in line, if any.
+    fn release(&mut self) {
+        if self.ticket.is_some() {
+            self.queue.leave_producers(&mut self.ticket);
+        }
+        if std::mem::take(&mut self.reserved) {
+            self.queue.release_reserved();
+        }
+    }
+}
+
+impl<T> Sink<T> for PushSink<T> {
+    type Error = SendError<T>;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+        let this = self.get_mut();
+        if this.queue.policy() != Policy::Block {
+            return Poll::Ready(if this.queue.is_closed() {
+                Err(SendError::closed(None))
+            } else {
+                Ok(())
+            });
+        }
+        if this.reserved {
             return Poll::Ready(Ok(()));
+        }
+        match std::task::ready!(this.queue.poll_reserve(cx, &mut this.ticket)) {
+            Ok(()) => {
+                this.reserved = true;
+                Poll::Ready(Ok(()))
+            }
+            Err(()) => Poll::Ready(Err(SendError::closed(None))),
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), SendError<T>> {
+        let this = self.get_mut();
+        let outcome = if std::mem::take(&mut this.reserved) {
+            this.queue.push_reserved(item)
+        } else {
+            // Under `Block` this is a `start_send` without `poll_ready` (against the `Sink`
+            // contract): push if there is room, and hand the item back if not.
+            this.queue.try_push(item)
         };
-        let outcome = std::task::ready!(push.as_mut().poll(cx));
-        self.pending = None;
-        Poll::Ready(match outcome {
+        match outcome {
             PushOutcome::Accepted => Ok(()),
-            other => Err(other),
-        })
+            PushOutcome::Shed(item) | PushOutcome::Evicted(item) => {
+                if let Some(hook) = &mut this.on_shed {
+                    hook(item);
+                }
+                Ok(())
+            }
+            PushOutcome::Full(item) => Err(SendError::full(item)),
+            PushOutcome::Closed(item) => Err(SendError::closed(Some(item))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+        // Nothing is held: `start_send` enqueued the item.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+        let this = self.get_mut();
+        this.release();
+        this.queue.close();
+        Poll::Ready(Ok(()))
     }
 }
 
-impl<T: Send + 'static> Sink<T> for PushSink<T> {
-    /// Any outcome but [`PushOutcome::Accepted`], with the item it hands back.
-    type Error = PushOutcome<T>;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut().poll_pending(cx)
-    }
-
-    fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Self::Error> {
-        let this = self.get_mut();
-        let queue = this.queue.clone();
-        // `poll_ready` returned `Ready` first, so nothing is pending: this replaces nothing.
-        debug_assert!(this.pending.is_none());
-        this.pending = Some(Box::pin(async move { queue.push(item).await }));
-        Ok(())
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut().poll_pending(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let this = self.get_mut();
-        let flushed = std::task::ready!(this.poll_pending(cx));
-        this.queue.close();
-        Poll::Ready(flushed)
+impl<T> Drop for PushSink<T> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -203,7 +310,115 @@ impl<T> fmt::Debug for PushSink<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PushSink")
             .field("queue", &self.queue)
-            .field("holding", &self.pending.is_some())
+            .field("reserved", &self.reserved)
+            .field("on_shed", &self.on_shed.is_some())
             .finish()
     }
 }
+
+/// A [`PushSink`] could not send: the queue is closed (or, under `Block`, was full for a
+/// `start_send` not preceded by `poll_ready`). Holds the item when there was one.
+///
+/// The `futures` error of the sink, as async-channel's `SendError` and tokio-util's
+/// `PollSendError`; it implements [`std::error::Error`], so `sink.send(x).await?` works in a
+/// function returning `anyhow::Result` or `Box<dyn Error>`. `Debug` leaves the item out.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use futures_util::SinkExt;
+/// use backpressure_pipeline::{Policy, Queue};
+///
+/// # smol::block_on(async {
+/// let queue = Arc::new(Queue::new(4, Policy::Block)?);
+/// queue.close();
+/// let err = queue.clone().into_sink().send(1).await.unwrap_err();
+/// assert!(err.is_closed());
+/// assert_eq!(err.to_string(), "sending into a closed queue");
+/// let _: &dyn std::error::Error = &err;
+/// # Ok::<(), backpressure_pipeline::ConfigError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct SendError<T> {
+    item: Option<T>,
+    full: bool,
+}
+
+impl<T> SendError<T> {
+    fn closed(item: Option<T>) -> Self {
+        SendError { item, full: false }
+    }
+
+    fn full(item: T) -> Self {
+        SendError {
+            item: Some(item),
+            full: true,
+        }
+    }
+
+    /// Whether the queue was closed (otherwise it was full).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use futures_util::SinkExt;
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// # smol::block_on(async {
+    /// let queue = Arc::new(Queue::new(1, Policy::Block)?);
+    /// queue.close();
+    /// assert!(queue.into_sink().send(1).await.unwrap_err().is_closed());
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        !self.full
+    }
+
+    /// The item that was not sent, if the failure came with one (`start_send`, not
+    /// `poll_ready`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::pin::Pin;
+    /// use std::sync::Arc;
+    /// use futures_util::Sink;
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// let queue = Arc::new(Queue::new(1, Policy::DropNewest)?);
+    /// let mut sink = queue.clone().into_sink();
+    /// queue.close();
+    /// let err = Pin::new(&mut sink).start_send("late").unwrap_err();
+    /// assert_eq!(err.into_inner(), Some("late"));
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn into_inner(self) -> Option<T> {
+        self.item
+    }
+}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.full { "Full" } else { "Closed" };
+        match self.item {
+            Some(_) => write!(f, "SendError::{kind}(..)"),
+            None => write!(f, "SendError::{kind}"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.full {
+            f.write_str("the queue is full (start_send without poll_ready)")
+        } else {
+            f.write_str("sending into a closed queue")
+        }
+    }
+}
+
+impl<T> Error for SendError<T> {}

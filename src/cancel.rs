@@ -13,6 +13,10 @@
 //!    to that parent (or makes them roots), so a parent never grows while children come and
 //!    go, and no reference cycle outlives the handles.
 //!
+//! 5. A node's hook runs exactly once if the node is cancelled, never under a lock: cancel
+//!    takes it with the node's lock held (invariant 1), and `on_cancel` stores it under the
+//!    same lock only while the node is not cancelled, or else runs it at once.
+//!
 //! Lock order: parent before child. No node's lock is held while locking its parent.
 //!
 //! Cancel and unlink walk the tree with an explicit stack, never by recursion, so a chain of
@@ -74,7 +78,13 @@ struct Links {
     /// Slots of linked children; `None` slots are free and listed in `free`.
     children: Vec<Option<Arc<Node>>>,
     free: Vec<usize>,
+    /// Run once, right after the node is cancelled (invariant 5).
+    on_cancel: Option<Hook>,
 }
+
+/// Crate-internal code run when a node is cancelled: how a pipeline closes its queue the
+/// moment its stop token is cancelled, whoever cancels it.
+pub(crate) type Hook = Box<dyn FnOnce() + Send>;
 
 impl Links {
     fn insert(&mut self, child: Arc<Node>) -> usize {
@@ -137,15 +147,23 @@ impl Node {
         self.cancelled.load(Ordering::Acquire)
     }
 
-    /// Marks this node cancelled with its lock held (invariant 1) and takes its children.
-    /// Returns `None` if it was already cancelled.
-    fn mark_cancelled(links: &mut Links, node: &Node) -> Option<Vec<Arc<Node>>> {
+    /// Marks this node cancelled with its lock held (invariant 1) and takes its children and
+    /// its hook (invariant 5). Returns `None` if it was already cancelled.
+    fn mark_cancelled(links: &mut Links, node: &Node) -> Option<(Vec<Arc<Node>>, Option<Hook>)> {
         if node.is_cancelled() {
             return None;
         }
         // Release: pairs with the Acquire in `is_cancelled`.
         node.cancelled.store(true, Ordering::Release);
-        Some(links.take_children())
+        Some((links.take_children(), links.on_cancel.take()))
+    }
+
+    /// Wakes the node's waiters and runs its hook; with no lock held.
+    fn announce(&self, hook: Option<Hook>) {
+        self.event.notify(usize::MAX);
+        if let Some(hook) = hook {
+            hook();
+        }
     }
 }
 
@@ -210,14 +228,16 @@ impl CancellationToken {
     /// ```
     pub fn cancel(&self) -> bool {
         let node = &self.node;
-        let (children, parent) = {
+        let (children, hook, parent) = {
             let mut links = node.lock();
             match Node::mark_cancelled(&mut links, node) {
                 None => return false,
-                Some(children) => (children, links.parent.take().map(|p| (p, links.slot))),
+                Some((children, hook)) => {
+                    (children, hook, links.parent.take().map(|p| (p, links.slot)))
+                }
             }
         };
-        node.event.notify(usize::MAX);
+        node.announce(hook);
         // Leave the parent (invariant 3: a cancelled node keeps no links). Our node's lock is
         // released first (lock order).
         if let Some((parent, slot)) = parent {
@@ -230,11 +250,15 @@ impl CancellationToken {
             let mut links = child.lock();
             // By invariant 2 we took this child from its parent's list: clear its side.
             links.parent = None;
-            if let Some(grandchildren) = Node::mark_cancelled(&mut links, &child) {
-                stack.extend(grandchildren);
-            }
+            let hook = match Node::mark_cancelled(&mut links, &child) {
+                Some((grandchildren, hook)) => {
+                    stack.extend(grandchildren);
+                    hook
+                }
+                None => None,
+            };
             drop(links);
-            child.event.notify(usize::MAX);
+            child.announce(hook);
         }
         true
     }
@@ -305,6 +329,20 @@ impl CancellationToken {
         WaitForCancellationOwned {
             token: self,
             listener: None,
+        }
+    }
+
+    /// Runs `hook` once this token is cancelled, by whichever call cancels it (this token,
+    /// or an ancestor), right after its waiters are woken; at once if it is cancelled
+    /// already. One hook per node: a second replaces the first (invariant 5).
+    pub(crate) fn on_cancel(&self, hook: Hook) {
+        let node = &self.node;
+        let mut links = node.lock();
+        if node.is_cancelled() {
+            drop(links);
+            hook();
+        } else {
+            links.on_cancel = Some(hook);
         }
     }
 

@@ -96,12 +96,13 @@ mod shed_log;
 mod spawner;
 mod stats;
 mod sync;
+mod watchdog;
 
-pub use adapters::{PopStream, PushSink};
+pub use adapters::{PopStream, PushSink, SendError};
 pub use cancel::{CancellationToken, DropGuard, WaitForCancellation, WaitForCancellationOwned};
 pub use pipeline::{BuildError, OnPanic, Pipeline, PipelineBuilder, Producer, Report, StopCause};
 pub use policy::{ConfigError, Policy, PushOutcome};
-pub use queue::Queue;
+pub use queue::{Pop, PopMany, Push, Queue};
 pub use spawner::{BoxFuture, SpawnError, Spawner};
 pub use stats::{QueueStats, Stats};
 

@@ -31,8 +31,9 @@ pub use report::{BuildError, OnPanic, Report, StopCause};
 
 use crate::policy::{Policy, PushOutcome};
 use crate::spawner::Spawner;
-use crate::stats::Stats;
+use crate::stats::{QueueStats, Stats};
 use crate::sync::Ordering;
+use crate::watchdog;
 use producer::Shared;
 use worker::{poll_join, Exit, Slot};
 
@@ -330,16 +331,20 @@ impl<T: Send + 'static> Pipeline<T> {
                 StopCause::Shutdown
             });
         }
-        // Stop intake and close the queue: pushes from here on get their item back.
+        // Stop intake and close the queue (the stop token's hook closes it too): pushes from
+        // here on get their item back, and every waiting producer and popper is woken.
         self.shared.stop.cancel();
         self.shared.queue.close();
         // The workers drain the bounded backlog until the deadline.
         let remaining = self.deadline.saturating_sub(begun.elapsed());
-        let drained = self.join_within(&mut state.workers, remaining).await;
-        state.deadline_exceeded |= !drained;
-        if !drained {
-            // Cooperative first: workers take no new item and may watch the token.
-            self.shared.worker_token.cancel();
+        if !self.join_within(&mut state.workers, remaining).await {
+            // Workers still running with nothing left to do are on their way out (a zero
+            // deadline meets them there): the deadline is exceeded only if items are left.
+            if self.shared.backlog_left() {
+                state.deadline_exceeded = true;
+                // Cooperative first: workers take no new item and may watch the token.
+                self.shared.worker_token.cancel();
+            }
             if !self.join_within(&mut state.workers, self.grace).await {
                 for slot in state.workers.iter().filter(|s| s.outcome.is_none()) {
                     slot.abort.abort();
@@ -350,11 +355,15 @@ impl<T: Send + 'static> Pipeline<T> {
                     .await;
             }
         }
-        let left_in_queue = self.shared.queue.take_all().len() as u64;
+        let (left, queue) = self.shared.queue.take_all();
         #[cfg(feature = "tracing")]
         self.shared.shed_log.finish();
-        let report = self.report(&state, left_in_queue);
+        let report = self.report(&state, left.len() as u64, &queue);
         state.report = Some(report.clone());
+        drop(state);
+        // Counts first, user code after (an item's `Drop` may panic): the report is committed,
+        // and a panic here reaches this caller, while later calls return the report.
+        drop(left);
         report
     }
 
@@ -366,19 +375,20 @@ impl<T: Send + 'static> Pipeline<T> {
             // Poll once: workers that already ended are joined, nothing waits.
             return joined.now_or_never().is_some();
         }
-        let timer = self.spawner.sleep(limit);
+        // The runtime's timer, raced with a thread of our own: a watchdog must not depend on
+        // what it watches, and the runtime's timer stops when its threads are all blocked.
+        let timer = future::select(self.spawner.sleep(limit), watchdog::sleep(limit));
         match future::select(pin!(joined), timer).await {
             Either::Left(_) => true,
             Either::Right(_) => workers.iter().all(|s| s.outcome.is_some()),
         }
     }
 
-    fn report(&self, state: &State, left_in_queue: u64) -> Report {
-        // The queue's counters first (final: written under the lock that `take_all` has since
-        // taken), then the workers' (every worker counted is joined, and the oneshot carrying
-        // its outcome orders its increments before these loads).
-        let queue = self.shared.queue.stats();
-        let stats = self.shared.stats_with(&queue);
+    fn report(&self, state: &State, left_in_queue: u64, queue: &QueueStats) -> Report {
+        // The queue's counters are final (taken after close, with the backlog); the workers'
+        // are read after them: every worker counted is joined (the oneshot carrying its
+        // outcome orders its increments before these loads), or unresponsive.
+        let stats = self.shared.stats_with(queue);
         // By invariant 1: a popped item not processed and not panicked was cut short
         // (aborted) or is still held by an unresponsive worker.
         let in_flight = queue
@@ -421,7 +431,7 @@ impl<T> Drop for Pipeline<T> {
         }
         // Release the backlog now, not when the last `Producer` handle goes: an item may
         // hold a reply channel that someone awaits.
-        drop(self.shared.queue.take_all());
+        drop(self.shared.queue.take_all().0);
     }
 }
 

@@ -2,74 +2,78 @@
 //!
 //! # Invariants
 //!
-//! 1. Until the queue closes, `available permits <= len <= capacity`, and `len - permits` is
-//!    the number of items reserved by poppers that hold a permit but have not yet taken the
-//!    buffer lock. A permit is added only after its item is in the buffer.
-//! 2. An item leaves the buffer only through a popper that holds a permit, through eviction
-//!    (which puts the incoming item in its place, so the permit count is untouched), or
-//!    through [`Queue::take_all`] after close.
-//! 3. the closed flag only goes from unset to set, and close adds a flood of permits after it,
-//!    so every popper, present and future, gets past the semaphore and looks at the buffer
-//!    under the lock: it finds an item (and takes it) or finds the buffer empty. Empty is
-//!    final: a pusher reads the flag under the lock, so a pusher that read it unset ran its
-//!    critical section before the closed-empty popper's (the popper's lock happens after the
-//!    flood, which happens after the store; a pusher locking later would read `true`).
-//!
-//! 4. `state` holds the closed flag (its top bit) and the count of shed items (the rest) in
+//! 1. The buffer, the two lines of waiters (poppers, and producers waiting for room), the
+//!    reserved slots and the counters live together under one lock, the buffer lock. A task
+//!    checks the buffer and the closed flag and, if it must wait, joins its line in one
+//!    critical section; whoever changes what it waits for (a push, a pop, close) takes the
+//!    same lock and wakes from the line. So check → listen → check again is one step here,
+//!    and no wake-up can fall between a check and a listen.
+//! 2. Wake-ups are additional (see `waiters.rs`): each item pushed takes one popper out of
+//!    line, and each slot freed takes one producer out of line; a task that was woken and is
+//!    never polled again holds one wake-up, never more, and never absorbs another's.
+//! 3. Under [`Policy::Block`] a slot freed while producers wait is *reserved* for the first of
+//!    them (`reserved` counts such slots), and a newcomer sees the queue full while
+//!    `len + reserved == capacity`. So waiting producers are served first come, first served,
+//!    and none is overtaken. A woken producer that is dropped instead passes its reservation
+//!    to the next in line (or frees it). `reserved` is 0 under the shedding policies, and is
+//!    not maintained after close, when nothing is accepted.
+//! 4. The closed flag only goes from unset to set. `close` sets it and then takes the lock to
+//!    wake both lines; a task reads it under the lock. A task that read it unset joined its
+//!    line before close took the lock, and is woken by close; one that comes later reads it
+//!    set. After close, items already queued stay poppable, and empty is final.
+//! 5. `state` holds the closed flag (its top bit) and the count of shed items (the rest) in
 //!    one word. The lock-free shed of a full queue increments it with a compare-exchange that
 //!    fails once the flag is set, so a shed is either counted before close or refused as
 //!    `Closed` after it: a report read after close misses none that returned `Shed`.
+//! 6. `len` is a copy of the buffer's length, stored under the lock after every change, so
+//!    that lock-free readers (`len()`, the shed check) see a length the buffer really had.
 //!
-//! 5. A producer that waits for room counts itself in `waiting_producers` under the buffer
-//!    lock, before releasing it, and uncounts itself only after its wait ends (or is
-//!    cancelled). A pop that sees the count at zero under the lock skips the wake-up: no
-//!    producer can be asleep then, and one that comes later finds the room itself.
-//!
-//! 6. Two pushes in a row may leave a second waiting popper asleep: the semaphore's
-//!    `notify(1)` finds the first popper already notified and does nothing more (loom found
-//!    this, `loom/tests/queue.rs`). So a popper that was woken (only such a one can have
-//!    absorbed a wake-up meant for another) and got its item, seeing permits left and a
-//!    popper still waiting, passes one wake-up on. A popper that found its permit at once
-//!    does nothing more.
-//!
-//! Lock: the buffer lock is held for a few instructions and never across an `.await`, so it
-//! is a blocking `std::sync::Mutex` (loom's when model checked), taken the same way by tasks
-//! and by synchronous callers. An `async_lock::Mutex` here deadlocked a runtime thread: a
+//! Lock: the buffer lock is held for a few instructions and never across an `.await` or user
+//! code (no item is dropped and no waker is woken under it), so it is a blocking
+//! `std::sync::Mutex` (loom's when model checked), taken the same way by tasks and by
+//! synchronous callers. An `async_lock::Mutex` here deadlocked a runtime thread: a
 //! synchronous `try_push` blocking on it from a task waited behind a notified lock waiter
 //! that only that same thread could run (`tests/faults.rs`,
-//! `try_push_from_a_task_beside_a_sync_producer`). The items semaphore stays
-//! `async_lock::Semaphore`: waiting for an item is what must not block.
+//! `try_push_from_a_task_beside_a_sync_producer`).
+//!
+//! # Design note: waiter lines, not a semaphore
+//!
+//! The first design counted items with an `async_lock::Semaphore` (permits == items). Its
+//! `notify` is not additional: a popper woken but not polled again (an idle `select!` branch)
+//! swallowed the wake-ups of later pushes, and the queue needed a hand-made "chain wake" to
+//! limp past it; it also took event-listener's list lock on every push, waiter or not. Lines
+//! kept under the buffer lock remove that root: one lock per operation, a wake-up only when a
+//! task waits, wake-ups that add up, and FIFO producers. `examples/compare.rs` keeps the
+//! semaphore queue as a measured row ("semaphore copy").
+
+mod futures;
+mod waiters;
 
 use std::collections::VecDeque;
 use std::fmt;
-
 use std::sync::PoisonError;
+use std::task::{Context, Poll, Waker};
 
-use async_lock::{Semaphore, SemaphoreGuard};
-use event_listener::{Event, IntoNotification};
+pub use self::futures::{Pop, PopMany, Push};
+pub(crate) use self::waiters::Ticket;
+use self::waiters::{Left, WaitList};
 
 use crate::policy::{ConfigError, Policy, PushOutcome};
 use crate::stats::{Meter, QueueStats};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
-/// Permits added on close: enough to let every popper through, and far from overflow because
-/// the capacity is at most [`Queue::MAX_CAPACITY`].
-const CLOSE_FLOOD: usize = usize::MAX >> 1;
-
-/// Adds `n` to a counter that is written only under the buffer lock: the lock orders the
-/// writes, so a plain load and store does (Relaxed), and lock-free readers see a snapshot.
-fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
-}
-
-/// The closed flag in `state` (invariant 4).
+/// The closed flag in `state` (invariant 5).
 const CLOSED: u64 = 1 << 63;
 
 /// A bounded MPMC hand-off queue with an explicit policy for when it is full.
 ///
-/// The queue is an [`async_lock::Semaphore`] whose permits count the items available, over a
-/// `std::sync::Mutex<VecDeque<T>>` that is never held across an `.await`. Share it with an
-/// `Arc`; every method takes `&self`, and `try_push` and `close` work from any thread.
+/// A `VecDeque` behind a `std::sync::Mutex` that is never held across an `.await`, with the
+/// lines of waiting poppers and producers kept under the same lock. Share it with an `Arc`;
+/// every method takes `&self`, and `try_push` and `close` work from any thread.
+///
+/// Waiting producers (under [`Policy::Block`]) are served in arrival order: a slot freed
+/// while producers wait goes to the first of them, never to a newcomer. Poppers are woken
+/// one per item pushed.
 ///
 /// # Examples
 ///
@@ -91,39 +95,59 @@ const CLOSED: u64 = 1 << 63;
 /// # }).unwrap();
 /// ```
 pub struct Queue<T> {
-    /// Permits == items available to poppers (invariant 1); flooded on close (invariant 3).
-    items: Semaphore,
-    buf: Mutex<VecDeque<T>>,
-    /// Wakes producers waiting for room under [`Policy::Block`].
-    room: Event,
-    /// Producers waiting for room (invariant 5).
-    waiting_producers: AtomicUsize,
-    /// Poppers waiting for an item (invariant 6).
-    waiting_poppers: AtomicUsize,
-    /// The closed flag and the shed count (invariant 4).
-    state: CacheLine<AtomicU64>,
-    /// A copy of the buffer's length, written under the lock, for lock-free reads.
+    inner: Mutex<Inner<T>>,
+    /// A copy of the buffer's length (invariant 6).
     len: AtomicUsize,
+    /// A copy of `popped`, for a producer to see whether the workers make progress.
+    pops: AtomicU64,
+    /// The closed flag and the shed count (invariant 5).
+    state: CacheLine<AtomicU64>,
     capacity: usize,
     policy: Policy,
-    counts: Counts,
+}
+
+/// Everything under the buffer lock (invariant 1).
+struct Inner<T> {
+    buf: VecDeque<T>,
+    poppers: WaitList,
+    producers: WaitList,
+    /// Free slots promised to woken producers (invariant 3).
+    reserved: usize,
+    /// Items taken into the buffer (including those that evicted another).
+    accepted: u64,
+    /// Buffered items evicted under [`Policy::DropOldest`].
+    evicted: u64,
+    /// Items taken out by poppers (not by `take_all`).
+    popped: u64,
     meter: Meter,
 }
 
-/// Push outcomes counted by the queue; read by the pipeline's report.
-///
-/// Written only under the buffer lock, with a plain load and store ([`bump`]): no
-/// read-modify-write, and on a cache line of their own, away from the semaphore and the
-/// lock that every push and pop touches.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Counts {
-    /// Items taken into the buffer (including those that evicted another).
-    accepted: AtomicU64,
-    /// Buffered items evicted under [`Policy::DropOldest`].
-    evicted: AtomicU64,
-    /// Items taken out by poppers (not by `take_all`).
-    popped: AtomicU64,
+/// Wakers gathered under the buffer lock, woken once it is released: no user code (a waker
+/// is user code) runs under the lock.
+#[must_use = "wake them after releasing the lock"]
+#[derive(Default)]
+pub(crate) struct WakeAfterUnlock {
+    one: Option<Waker>,
+    more: Vec<Waker>,
+}
+
+impl WakeAfterUnlock {
+    fn add(&mut self, waker: Option<Waker>) {
+        let Some(waker) = waker else { return };
+        match self.one {
+            None => self.one = Some(waker),
+            Some(_) => self.more.push(waker),
+        }
+    }
+
+    pub(crate) fn wake(self) {
+        if let Some(waker) = self.one {
+            waker.wake();
+        }
+        for waker in self.more {
+            waker.wake();
+        }
+    }
 }
 
 impl<T> Queue<T> {
@@ -157,31 +181,41 @@ impl<T> Queue<T> {
             return Err(ConfigError::CapacityTooLarge);
         }
         Ok(Queue {
-            items: Semaphore::new(0),
-            // Nothing up front: the buffer grows as items arrive, to `capacity` at most.
-            buf: Mutex::new(VecDeque::new()),
-            room: Event::new(),
-            waiting_producers: AtomicUsize::new(0),
-            waiting_poppers: AtomicUsize::new(0),
-            state: CacheLine(AtomicU64::new(0)),
+            inner: Mutex::new(Inner {
+                // Nothing up front: the buffer grows as items arrive, to `capacity` at most.
+                buf: VecDeque::new(),
+                poppers: WaitList::default(),
+                producers: WaitList::default(),
+                reserved: 0,
+                accepted: 0,
+                evicted: 0,
+                popped: 0,
+                meter: Meter::new(),
+            }),
             len: AtomicUsize::new(0),
+            pops: AtomicU64::new(0),
+            state: CacheLine(AtomicU64::new(0)),
             capacity,
             policy,
-            counts: Counts::default(),
-            meter: Meter::new(),
         })
     }
 
     /// Pushes an item, waiting for room only under [`Policy::Block`].
     ///
-    /// Under `DropNewest` and `DropOldest` this is [`try_push`](Queue::try_push) and completes
-    /// at once. Under `Block` it waits until there is room or the queue closes.
+    /// Under `Block` it waits until there is room or the queue closes; waiting producers are
+    /// served in the order they started waiting. Under `DropNewest` and `DropOldest` it is
+    /// [`try_push`](Queue::try_push), except that a producer that has pushed into a full queue
+    /// 32 times in a row with no pop in between yields to the runtime once (before pushing):
+    /// a producer looping on `push().await` under overload cannot starve the workers that
+    /// share its thread (on a current-thread runtime, say), and costs nothing while they run.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe. The item enters the queue in a single poll, so a push dropped before it
-    /// completes never enqueued its item: the item is dropped with the future and nothing in
-    /// the queue changes.
+    /// Cancel safe. The item enters the queue in the poll that returns
+    /// [`PushOutcome::Accepted`], so a push dropped before it completes never enqueued its
+    /// item: the item is dropped with the future and nothing in the queue changes. A push
+    /// that was woken for a freed slot and is dropped passes the slot to the next waiting
+    /// producer.
     ///
     /// # Examples
     ///
@@ -196,34 +230,17 @@ impl<T> Queue<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// # }).unwrap();
     /// ```
-    pub async fn push(&self, item: T) -> PushOutcome<T> {
-        if self.policy != Policy::Block {
-            return self.try_push(item);
-        }
-        loop {
-            let (listener, waiting) = {
-                let buf = self.lock();
-                // `push_locked` refuses on close and enqueues when there is room.
-                if self.is_closed() || buf.len() < self.capacity {
-                    return self.push_locked(buf, item);
-                }
-                // Listen and stand in line before releasing the lock: a pop that makes room
-                // takes the lock after us, sees us waiting (invariant 5) and notifies after
-                // that, so its notification cannot be missed.
-                (self.room.listen(), Waiting::new(&self.waiting_producers))
-            };
-            // A notified listener that is dropped passes its notification on, so a cancelled
-            // push never swallows the wake-up meant for another producer.
-            listener.await;
-            drop(waiting);
-        }
+    pub fn push(&self, item: T) -> Push<'_, T> {
+        Push::new(self, item)
     }
 
     /// Pushes an item without waiting.
     ///
     /// When the queue is full, `DropNewest` sheds the incoming item ([`PushOutcome::Shed`]),
     /// `DropOldest` evicts the oldest ([`PushOutcome::Evicted`]) and `Block` reports
-    /// [`PushOutcome::Full`]. A closed queue returns [`PushOutcome::Closed`].
+    /// [`PushOutcome::Full`] (also when the only free slots are promised to producers already
+    /// waiting in [`push`](Queue::push): they are not overtaken). A closed queue returns
+    /// [`PushOutcome::Closed`].
     ///
     /// It works from synchronous code (a callback, a sensor thread) and from tasks alike. It
     /// never waits for room; the buffer lock it takes is held by others for a few
@@ -231,7 +248,8 @@ impl<T> Queue<T> {
     ///
     /// The lock is not fair: a thread calling `try_push` in a tight loop on a full queue can
     /// hold up other producers and the workers' pops for a while (it re-takes the lock before
-    /// a woken waiter runs). Such a thread should push in bursts, or yield now and then.
+    /// a woken waiter runs). Such a thread should push in bursts, or yield now and then; an
+    /// async producer should use [`push`](Queue::push), which yields for it.
     ///
     /// # Examples
     ///
@@ -244,21 +262,36 @@ impl<T> Queue<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// ```
     pub fn try_push(&self, item: T) -> PushOutcome<T> {
-        match self.shed_if_full(item) {
-            Ok(item) => self.push_locked(self.lock(), item),
-            Err(outcome) => outcome,
-        }
+        let item = match self.shed_if_full(item) {
+            Ok(item) => item,
+            Err(outcome) => return outcome,
+        };
+        let mut wake = WakeAfterUnlock::default();
+        let outcome = self.push_locked(&mut self.lock(), item, &mut wake);
+        wake.wake();
+        outcome
+    }
+
+    /// Items popped so far, read without the lock.
+    pub(crate) fn pops(&self) -> u64 {
+        // Relaxed: a hint (see the field).
+        self.pops.load(Ordering::Relaxed)
+    }
+
+    /// Whether the queue looks full to a lock-free reader (invariant 6).
+    pub(crate) fn looks_full(&self) -> bool {
+        // Relaxed: a length the buffer had; the lock orders the buffer itself.
+        self.len.load(Ordering::Relaxed) >= self.capacity
     }
 
     /// Sheds `item` without taking the lock if the policy is `DropNewest` and the queue is
     /// full; otherwise hands it back to be pushed under the lock.
     fn shed_if_full(&self, item: T) -> Result<T, PushOutcome<T>> {
-        if self.policy != Policy::DropNewest || self.items.available_permits() < self.capacity {
+        if self.policy != Policy::DropNewest || !self.looks_full() {
             return Ok(item);
         }
-        // By invariant 1 the queue is full at this instant, and no lock is needed to know it;
-        // unless the permits are close's flood (invariant 3), which the closed flag tells.
-        // Count the shed only while the flag is unset (invariant 4). Terminates: each retry
+        // By invariant 6 the queue is full at this instant, and no lock is needed to know it.
+        // Count the shed only while the flag is unset (invariant 5). Terminates: each retry
         // means another shed was counted or the queue closed, and close ends the loop.
         let mut state = self.state.0.load(Ordering::Acquire);
         loop {
@@ -266,7 +299,7 @@ impl<T> Queue<T> {
                 return Err(PushOutcome::Closed(item));
             }
             // AcqRel on success: ordered with close's `fetch_or` in the word's modification
-            // order, which is all invariant 4 needs; Acquire on failure to re-read the flag.
+            // order, which is all invariant 5 needs; Acquire on failure to re-read the flag.
             match self.state.0.compare_exchange_weak(
                 state,
                 state + 1,
@@ -281,63 +314,194 @@ impl<T> Queue<T> {
 
     /// Applies the policy with the buffer lock held. Under `Block` a full queue gives
     /// [`PushOutcome::Full`]; [`push`](Queue::push) waits instead of calling this.
-    fn push_locked(&self, mut buf: MutexGuard<'_, VecDeque<T>>, item: T) -> PushOutcome<T> {
+    fn push_locked(
+        &self,
+        inner: &mut Inner<T>,
+        item: T,
+        wake: &mut WakeAfterUnlock,
+    ) -> PushOutcome<T> {
         if self.is_closed() {
             return PushOutcome::Closed(item);
         }
-        if buf.len() < self.capacity {
-            self.enqueue(buf, item);
+        // Slots promised to waiting producers are not free (invariant 3).
+        if inner.buf.len() + inner.reserved < self.capacity {
+            self.enqueue(inner, item, wake);
             return PushOutcome::Accepted;
         }
-        // The counters below change under the lock, so a report that takes the lock after close
-        // sees every accepted item counted. Relaxed: the lock orders them.
         match self.policy {
             Policy::DropNewest => {
-                // The flag is in the same word, but it cannot overflow into it: 2^63 sheds.
+                // Counted under the lock, so a report that takes the lock after close sees it.
+                // Relaxed: the lock orders it. The flag shares the word, but 2^63 sheds are
+                // needed to reach it.
                 self.state.0.fetch_add(1, Ordering::Relaxed);
-                drop(buf);
                 PushOutcome::Shed(item)
             }
             Policy::DropOldest => {
-                // One out, one in: the permit count is untouched (invariant 2).
-                let oldest = buf.pop_front();
-                buf.push_back(item);
-                bump(&self.counts.accepted, 1);
-                bump(&self.counts.evicted, 1);
-                drop(buf);
-                match oldest {
-                    Some(oldest) => PushOutcome::Evicted(oldest),
-                    // The capacity is at least 1, so a full buffer has a front.
-                    None => PushOutcome::Accepted,
+                // One out, one in: the length does not change. The capacity is at least 1,
+                // so a full buffer has a front.
+                match inner.buf.pop_front() {
+                    Some(oldest) => {
+                        inner.buf.push_back(item);
+                        inner.accepted += 1;
+                        inner.evicted += 1;
+                        PushOutcome::Evicted(oldest)
+                    }
+                    None => {
+                        self.enqueue(inner, item, wake);
+                        PushOutcome::Accepted
+                    }
                 }
             }
             Policy::Block => PushOutcome::Full(item),
         }
     }
 
-    /// Adds `item` to a buffer with room, then makes it available to poppers (invariant 1).
-    fn enqueue(&self, mut buf: MutexGuard<'_, VecDeque<T>>, item: T) {
-        buf.push_back(item);
-        // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
-        self.len.store(buf.len(), Ordering::Relaxed);
-        let edge = self.meter.after_push(buf.len(), self.capacity);
-        // Under the lock, so a report that takes the lock after close sees it counted.
-        bump(&self.counts.accepted, 1);
-        drop(buf);
-        self.items.add_permits(1);
-        self.meter.record(edge);
+    /// Adds `item` to a buffer with room and takes one popper out of line (invariant 2).
+    fn enqueue(&self, inner: &mut Inner<T>, item: T, wake: &mut WakeAfterUnlock) {
+        inner.buf.push_back(item);
+        inner.accepted += 1;
+        self.after_change(inner);
+        if inner.poppers.has_waiting() {
+            wake.add(inner.poppers.notify_one());
+        }
+    }
+
+    /// Under the lock, after the buffer's length changed: the lock-free copy and the gauges.
+    fn after_change(&self, inner: &mut Inner<T>) {
+        let len = inner.buf.len();
+        // Relaxed: a copy for lock-free readers (invariant 6); the lock orders the buffer.
+        self.len.store(len, Ordering::Relaxed);
+        inner.meter.update(len, self.capacity);
+    }
+
+    /// Under the lock: room for the caller (a slot reserved for it, counted in `reserved`),
+    /// or a place in the producers' line (invariant 3). `Err` when the queue is closed.
+    fn poll_room_locked(
+        &self,
+        inner: &mut Inner<T>,
+        ticket: &mut Option<Ticket>,
+        waker: &Waker,
+    ) -> Poll<Result<(), ()>> {
+        if self.is_closed() {
+            inner.producers.leave(ticket);
+            return Poll::Ready(Err(()));
+        }
+        if inner.producers.is_notified(*ticket) {
+            // Woken by a pop that reserved a slot for us.
+            inner.producers.leave(ticket);
+            return Poll::Ready(Ok(()));
+        }
+        if inner.buf.len() + inner.reserved < self.capacity {
+            inner.producers.leave(ticket);
+            inner.reserved += 1;
+            return Poll::Ready(Ok(()));
+        }
+        inner.producers.wait(ticket, waker);
+        Poll::Pending
+    }
+
+    /// Under the lock: puts `item` in a slot reserved by [`poll_room_locked`].
+    fn push_reserved_locked(
+        &self,
+        inner: &mut Inner<T>,
+        item: T,
+        wake: &mut WakeAfterUnlock,
+    ) -> PushOutcome<T> {
+        inner.reserved = inner.reserved.saturating_sub(1);
+        if self.is_closed() {
+            return PushOutcome::Closed(item);
+        }
+        self.enqueue(inner, item, wake);
+        PushOutcome::Accepted
+    }
+
+    /// Waits for room and pushes (under `Block`), in one critical section per poll.
+    pub(crate) fn poll_push_block(
+        &self,
+        cx: &mut Context<'_>,
+        ticket: &mut Option<Ticket>,
+        item: &mut Option<T>,
+    ) -> Poll<PushOutcome<T>> {
+        let mut wake = WakeAfterUnlock::default();
+        let mut inner = self.lock();
+        let room = std::task::ready!(self.poll_room_locked(&mut inner, ticket, cx.waker()));
+        let item = item.take().expect("a push polled after it completed");
+        let outcome = match room {
+            Ok(()) => self.push_reserved_locked(&mut inner, item, &mut wake),
+            Err(()) => PushOutcome::Closed(item),
+        };
+        drop(inner);
+        wake.wake();
+        Poll::Ready(outcome)
+    }
+
+    /// Waits for room and reserves a slot (for the sink); `Err` once the queue is closed.
+    pub(crate) fn poll_reserve(
+        &self,
+        cx: &mut Context<'_>,
+        ticket: &mut Option<Ticket>,
+    ) -> Poll<Result<(), ()>> {
+        self.poll_room_locked(&mut self.lock(), ticket, cx.waker())
+    }
+
+    /// Pushes into a slot reserved by [`poll_reserve`](Queue::poll_reserve).
+    pub(crate) fn push_reserved(&self, item: T) -> PushOutcome<T> {
+        let mut wake = WakeAfterUnlock::default();
+        let outcome = self.push_reserved_locked(&mut self.lock(), item, &mut wake);
+        wake.wake();
+        outcome
+    }
+
+    /// Gives back a reserved slot unused: it goes to the next waiting producer, if any.
+    pub(crate) fn release_reserved(&self) {
+        let mut inner = self.lock();
+        inner.reserved = inner.reserved.saturating_sub(1);
+        let waker = self.grant_room(&mut inner);
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// A producer's ticket given back by a push or a sink that is dropped (invariant 3): a
+    /// woken producer's reserved slot goes to the next in line.
+    pub(crate) fn leave_producers(&self, ticket: &mut Option<Ticket>) {
+        let mut inner = self.lock();
+        let waker = match inner.producers.leave(ticket) {
+            Some(Left::Notified) if !self.is_closed() => {
+                inner.reserved = inner.reserved.saturating_sub(1);
+                self.grant_room(&mut inner)
+            }
+            _ => None,
+        };
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Under the lock, with a slot free: reserves it for the first waiting producer, if any.
+    fn grant_room(&self, inner: &mut Inner<T>) -> Option<Waker> {
+        if self.policy != Policy::Block || !inner.producers.has_waiting() {
+            return None;
+        }
+        inner.reserved += 1;
+        inner.producers.notify_one()
     }
 
     /// Removes the oldest item, waiting until there is one.
     ///
-    /// Returns `None` only when the queue is closed and holds no item that is not already
-    /// claimed by another popper.
+    /// Resolves to `None` only when the queue is closed and empty.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe. The only wait is for the permit that reserves an item; once it is held,
-    /// the item is taken in the same poll that returns it. A pop dropped before that leaves
-    /// the item in the queue.
+    /// Cancel safe. The item is taken in the poll that returns it; a pop dropped before that
+    /// leaves every item in the queue, and if it had been woken for an item, it passes the
+    /// wake-up on to the next waiting popper.
+    ///
+    /// A pop that is polled, returns `Pending`, and is then kept without being polled (an
+    /// idle `select!` branch) holds at most one wake-up: other poppers are still woken for
+    /// the other items.
     ///
     /// # Examples
     ///
@@ -353,49 +517,16 @@ impl<T> Queue<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// # }).unwrap();
     /// ```
-    pub async fn pop(&self) -> Option<T> {
-        // A fresh `acquire()` per pop, dropped as soon as it completes, keeps the semaphore's
-        // wake-ups chaining from one popper to the next.
-        let (permit, woken) = self.reserve().await;
-        let mut buf = self.lock();
-        let edge = self.meter.before_pop(buf.len(), self.capacity);
-        let item = buf.pop_front();
-        // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
-        self.len.store(buf.len(), Ordering::Relaxed);
-        if item.is_some() {
-            // Under the lock, with the removal: a report that takes the lock finds every
-            // item either still buffered or counted here.
-            bump(&self.counts.popped, 1);
-        }
-        let producers_wait = self.producers_wait();
-        drop(buf);
-        self.meter.record(edge);
-        match item {
-            Some(item) => {
-                // The permit stood for this item (invariant 1): consume it.
-                permit.forget();
-                if woken {
-                    self.chain_wake();
-                }
-                if producers_wait {
-                    // One more slot, one more producer: `additional`, so that slots freed in
-                    // a burst wake as many producers, not one. If the notified producer was
-                    // cancelled, its listener passes the notification on.
-                    self.room.notify(1.additional());
-                }
-                Some(item)
-            }
-            // Only a flood permit finds the buffer empty, and by invariant 3 that is final.
-            // Dropping the permit hands it on to the next waiting popper.
-            None => None,
-        }
+    pub fn pop(&self) -> Pop<'_, T> {
+        Pop::new(self)
     }
 
     /// Removes up to `limit` items at once, oldest first, waiting until there is at least one.
     ///
-    /// One wait, one lock and one wake-up for a whole batch: for consumers that amortise
-    /// (write a batch to a database, send a batch over the network). Returns an empty `Vec`
-    /// only when the queue is closed and empty, or when `limit` is 0.
+    /// One wait and one lock for a whole batch: for consumers that amortise (write a batch to
+    /// a database, send a batch over the network). It takes what the queue holds, at most
+    /// `limit`; it never waits for more. Resolves to an empty `Vec` only when the queue is
+    /// closed and empty, or when `limit` is 0.
     ///
     /// # Cancel safety
     ///
@@ -415,57 +546,76 @@ impl<T> Queue<T> {
     /// assert_eq!(queue.pop_many(3).await, [0, 1, 2]);
     /// assert_eq!(queue.pop_many(10).await, [3, 4]);
     /// queue.close();
-    /// assert!(queue.pop_many(10).await.is_empty());
+    /// assert!(queue.pop_many(usize::MAX).await.is_empty());
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// # }).unwrap();
     /// ```
-    pub async fn pop_many(&self, limit: usize) -> Vec<T> {
-        if limit == 0 {
-            return Vec::new();
+    pub fn pop_many(&self, limit: usize) -> PopMany<'_, T> {
+        PopMany::new(self, limit)
+    }
+
+    /// Takes up to `limit` (at least 1) items, or joins the poppers' line. `Ready(None)`
+    /// when the queue is closed and empty.
+    pub(crate) fn poll_take<R>(
+        &self,
+        cx: &mut Context<'_>,
+        ticket: &mut Option<Ticket>,
+        limit: usize,
+        take: impl FnOnce(&mut VecDeque<T>, usize) -> R,
+    ) -> Poll<Option<R>> {
+        let mut inner = self.lock();
+        if inner.buf.is_empty() {
+            if self.is_closed() {
+                // Empty is final (invariant 4).
+                inner.poppers.leave(ticket);
+                return Poll::Ready(None);
+            }
+            // A notified popper that finds nothing (another took the item) waits again.
+            if inner.poppers.is_notified(*ticket) {
+                inner.poppers.leave(ticket);
+            }
+            inner.poppers.wait(ticket, cx.waker());
+            return Poll::Pending;
         }
-        let (first, woken) = self.reserve().await;
-        let mut buf = self.lock();
-        // More permits, taken with the lock held and no `.await` until the items are taken,
-        // so a cancelled `pop_many` cannot strand them. By invariant 1 each one stands for an
-        // item in the buffer beyond those reserved by other poppers.
-        let mut reserved = 1;
-        while reserved < limit {
-            match self.items.try_acquire() {
-                Some(permit) => permit.forget(),
+        inner.poppers.leave(ticket);
+        // Bounded by the data: at most what the buffer holds.
+        let n = limit.clamp(1, inner.buf.len());
+        let taken = take(&mut inner.buf, n);
+        inner.popped += n as u64;
+        // Relaxed: a progress hint for overloaded producers; the lock orders the buffer.
+        self.pops.store(inner.popped, Ordering::Relaxed);
+        self.after_change(&mut inner);
+        // One freed slot, one waiting producer (invariant 3); bounded by `n`.
+        let mut wake = WakeAfterUnlock::default();
+        for _ in 0..n {
+            match self.grant_room(&mut inner) {
+                Some(waker) => wake.add(Some(waker)),
                 None => break,
             }
-            reserved += 1;
         }
-        let edge = self.meter.before_pop(buf.len(), self.capacity);
-        // After close the permits may be flood permits (invariant 3), so the buffer may hold
-        // fewer.
-        let taken = reserved.min(buf.len());
-        let batch: Vec<T> = buf.drain(..taken).collect();
-        // Relaxed: a statistic for `len()`; the lock orders the buffer itself.
-        self.len.store(buf.len(), Ordering::Relaxed);
-        // Under the lock, with the removal (as in `pop`).
-        bump(&self.counts.popped, batch.len() as u64);
-        let producers_wait = self.producers_wait();
-        drop(buf);
-        self.meter.record(edge);
-        if batch.is_empty() {
-            // Closed and empty (invariant 3); the permit goes on to the next popper.
-            return batch;
+        drop(inner);
+        wake.wake();
+        Poll::Ready(Some(taken))
+    }
+
+    /// A popper's ticket given back by a pop that is dropped: a wake-up it received and did
+    /// not use goes to the next waiting popper while items are left (invariant 2).
+    pub(crate) fn leave_poppers(&self, ticket: &mut Option<Ticket>) {
+        let mut inner = self.lock();
+        let waker = match inner.poppers.leave(ticket) {
+            Some(Left::Notified) if !inner.buf.is_empty() => inner.poppers.notify_one(),
+            _ => None,
+        };
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
         }
-        first.forget();
-        if woken {
-            self.chain_wake();
-        }
-        if producers_wait {
-            self.room.notify(batch.len().additional());
-        }
-        batch
     }
 
     /// Closes the queue. Returns `true` if this call closed it.
     ///
     /// Later pushes return [`PushOutcome::Closed`]; items already queued stay poppable; every
-    /// waiting popper and producer is woken.
+    /// waiting popper and producer is woken at once.
     ///
     /// # Examples
     ///
@@ -479,14 +629,19 @@ impl<T> Queue<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// ```
     pub fn close(&self) -> bool {
-        // AcqRel: the Release half publishes the close to pushers, who read it under the
-        // buffer lock (invariant 3); the previous value tells which caller closed it, and the
-        // shed count it carries is final (invariant 4).
+        // AcqRel: the Release half publishes the close to pushers; the previous value tells
+        // which caller closed it, and the shed count it carries is final (invariant 5).
         if self.state.0.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED != 0 {
             return false;
         }
-        self.items.add_permits(CLOSE_FLOOD);
-        self.room.notify(usize::MAX);
+        // Then the lock (invariant 4): every task already in line is woken.
+        let mut inner = self.lock();
+        let mut wakers = inner.poppers.notify_all();
+        wakers.extend(inner.producers.notify_all());
+        drop(inner);
+        for waker in wakers {
+            waker.wake();
+        }
         true
     }
 
@@ -566,8 +721,12 @@ impl<T> Queue<T> {
         self.policy
     }
 
-    /// A snapshot of the queue's counters: accepted, shed, evicted, length, peak length and
-    /// time spent full.
+    /// A snapshot of the queue's counters: accepted, shed, evicted, popped, length, peak
+    /// length and time spent full.
+    ///
+    /// Taken under the buffer lock, so its fields agree with each other at one instant:
+    /// `accepted == popped + evicted + len` until items are removed by shutdown, and each
+    /// counter, and `time_full`, never goes backwards from one snapshot to the next.
     ///
     /// # Examples
     ///
@@ -582,64 +741,36 @@ impl<T> Queue<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// ```
     pub fn stats(&self) -> QueueStats {
-        // Relaxed: a snapshot, each counter on its own. Acquire for the shed count: a report
-        // reads it after close, and sees every shed counted before it (invariant 4). The
-        // pipeline's report reads the counters through here after `take_all`, whose lock
-        // orders the lock-held ones.
+        let inner = self.lock();
         QueueStats {
-            accepted: self.counts.accepted.load(Ordering::Relaxed),
+            accepted: inner.accepted,
+            // Acquire: sheds counted without the lock before this instant (invariant 5).
             shed: self.state.0.load(Ordering::Acquire) & !CLOSED,
-            evicted: self.counts.evicted.load(Ordering::Relaxed),
-            popped: self.counts.popped.load(Ordering::Relaxed),
-            len: self.len(),
-            peak_len: self.meter.peak(),
-            time_full: self.meter.time_full(),
+            evicted: inner.evicted,
+            popped: inner.popped,
+            len: inner.buf.len(),
+            peak_len: inner.meter.peak(),
+            time_full: inner.meter.time_full(),
         }
     }
 
-    /// Removes every item left in a closed queue (invariant 2).
-    pub(crate) fn take_all(&self) -> VecDeque<T> {
+    /// Removes every item left in a closed queue, with the queue's counters as they stand
+    /// once they are gone (final: nothing is accepted after close). The caller drops the
+    /// items, after committing its counts: an item's `Drop` is user code.
+    pub(crate) fn take_all(&self) -> (VecDeque<T>, QueueStats) {
         debug_assert!(self.is_closed());
-        let mut buf = self.lock();
-        let edge = self.meter.before_pop(buf.len(), self.capacity);
-        self.len.store(0, Ordering::Relaxed);
-        let left = std::mem::take(&mut *buf);
-        drop(buf);
-        self.meter.record(edge);
-        left
-    }
-
-    /// Waits for a permit, counting this popper as waiting while it does (invariant 6).
-    /// Returns whether it waited: only a popper that was woken can have absorbed a wake-up
-    /// meant for another, so only such a popper passes one on.
-    async fn reserve(&self) -> (SemaphoreGuard<'_>, bool) {
-        if let Some(permit) = self.items.try_acquire() {
-            return (permit, false);
-        }
-        let _waiting = Waiting::new(&self.waiting_poppers);
-        (self.items.acquire().await, true)
-    }
-
-    /// Passes a wake-up on to the next waiting popper if items are left for it (invariant 6):
-    /// releasing a permit notifies one waiter unless one is already notified.
-    fn chain_wake(&self) {
-        // Relaxed: a hint; a popper that starts waiting later checks the permits itself.
-        if self.waiting_poppers.load(Ordering::Relaxed) > 0 && self.items.available_permits() > 0 {
-            drop(self.items.try_acquire());
-        }
-    }
-
-    /// Whether a producer may be waiting for room; read under the buffer lock (invariant 5).
-    fn producers_wait(&self) -> bool {
-        // Relaxed: written under this lock when a producer starts waiting.
-        self.policy == Policy::Block && self.waiting_producers.load(Ordering::Relaxed) > 0
+        let mut inner = self.lock();
+        let left = std::mem::take(&mut inner.buf);
+        self.after_change(&mut inner);
+        drop(inner);
+        (left, self.stats())
     }
 
     /// Takes the buffer lock (see the module's notes on it).
-    fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         // Nothing panics while the lock is held but a failed allocation, which aborts; if a
-        // panic did poison it, the buffer is still a valid `VecDeque`.
-        self.buf.lock().unwrap_or_else(PoisonError::into_inner)
+        // panic did poison it, the state is still valid.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -651,25 +782,6 @@ impl<T> fmt::Debug for Queue<T> {
             .field("len", &self.len())
             .field("closed", &self.is_closed())
             .finish_non_exhaustive()
-    }
-}
-
-/// A producer counted as waiting for room until this drops (invariant 5): at the end of its
-/// wait, or when the push is cancelled.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
-        // Relaxed: taken under the buffer lock, where pops read it.
-        count.fetch_add(1, Ordering::Relaxed);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        // Relaxed: a pop that misses this decrement only wakes one producer too many.
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -2,12 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
-
 /// A snapshot of a [`Queue`](crate::Queue)'s counters, from [`Queue::stats`](crate::Queue::stats).
 ///
-/// Each field is read on its own, without stopping the queue, so a snapshot taken while
-/// producers run may be a few items apart between fields.
+/// Taken under the queue's lock: the fields agree with each other at one instant, and no
+/// counter (nor `time_full`) goes backwards from one snapshot to the next.
 ///
 /// # Examples
 ///
@@ -83,109 +81,50 @@ pub struct Stats {
     pub time_full: Duration,
 }
 
-/// A full spell's edge, found under the buffer lock and timed after it is released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub(crate) enum Edge {
-    None,
-    /// The queue became full.
-    Full,
-    /// The queue stopped being full.
-    Room,
-}
-
-/// The queue's gauges: peak length and time spent full.
+/// The queue's gauges, kept under the buffer lock: peak length and time spent full.
 ///
-/// The edges of a full spell are found under the buffer lock, but the clock is read after the
-/// lock is released, so that no `Instant::now()` lengthens the critical section. Time spent
-/// full is then the sum of the spells' end times minus the sum of their start times (plus
-/// the open spell's age): sums do not care in which order the edges are recorded. A reader
-/// may see an edge found but not yet recorded, so a snapshot can be off by one spell's
-/// scheduling delay.
+/// The clock is read only at the edges of a full spell (the length reaching or leaving the
+/// capacity), under the lock, so a snapshot taken under the same lock is exact and
+/// `time_full` never goes backwards.
 #[derive(Debug)]
 pub(crate) struct Meter {
-    epoch: Instant,
-    /// Written only under the buffer lock.
-    peak: AtomicUsize,
-    /// Full spells started and ended, as recorded.
-    started: AtomicU64,
-    ended: AtomicU64,
-    /// Sums of the recorded start and end times, in nanoseconds since `epoch`.
-    start_sum: AtomicU64,
-    end_sum: AtomicU64,
+    peak: usize,
+    /// When the current full spell began.
+    full_since: Option<Instant>,
+    /// The length of the full spells that have ended.
+    full_total: Duration,
 }
 
 impl Meter {
     pub(crate) fn new() -> Meter {
         Meter {
-            epoch: Instant::now(),
-            peak: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
-            ended: AtomicU64::new(0),
-            start_sum: AtomicU64::new(0),
-            end_sum: AtomicU64::new(0),
+            peak: 0,
+            full_since: None,
+            full_total: Duration::ZERO,
         }
     }
 
-    fn now(&self) -> u64 {
-        // Saturates after 584 years.
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Under the buffer lock, after adding items: `len` is the new length.
-    pub(crate) fn after_push(&self, len: usize, capacity: usize) -> Edge {
-        // Relaxed: written only under the lock, which orders the writes; a plain load and
-        // store, not a read-modify-write.
-        if len > self.peak.load(Ordering::Relaxed) {
-            self.peak.store(len, Ordering::Relaxed);
-        }
-        if len == capacity {
-            Edge::Full
-        } else {
-            Edge::None
-        }
-    }
-
-    /// Under the buffer lock, before removing items: `len` is the length before.
-    pub(crate) fn before_pop(&self, len: usize, capacity: usize) -> Edge {
-        if len == capacity {
-            Edge::Room
-        } else {
-            Edge::None
-        }
-    }
-
-    /// After the lock is released: times an edge found under it.
-    pub(crate) fn record(&self, edge: Edge) {
-        // Relaxed: statistics; the sums are exact once every edge is recorded.
-        match edge {
-            Edge::None => {}
-            Edge::Full => {
-                self.start_sum.fetch_add(self.now(), Ordering::Relaxed);
-                self.started.fetch_add(1, Ordering::Relaxed);
+    /// Under the buffer lock, after the length changed to `len`.
+    pub(crate) fn update(&mut self, len: usize, capacity: usize) {
+        self.peak = self.peak.max(len);
+        match (len >= capacity, self.full_since) {
+            (true, None) => self.full_since = Some(Instant::now()),
+            (false, Some(since)) => {
+                self.full_total += since.elapsed();
+                self.full_since = None;
             }
-            Edge::Room => {
-                self.end_sum.fetch_add(self.now(), Ordering::Relaxed);
-                self.ended.fetch_add(1, Ordering::Relaxed);
-            }
+            _ => {}
         }
     }
 
     pub(crate) fn peak(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
+        self.peak
     }
 
     pub(crate) fn time_full(&self) -> Duration {
-        // Relaxed: a snapshot. Counts first, so that an open spell is only counted open if
-        // its start is recorded.
-        let ended = self.ended.load(Ordering::Relaxed);
-        let started = self.started.load(Ordering::Relaxed);
-        let end_sum = self.end_sum.load(Ordering::Relaxed);
-        let start_sum = self.start_sum.load(Ordering::Relaxed);
-        let open = started.saturating_sub(ended);
-        let total = (u128::from(end_sum) + u128::from(open) * u128::from(self.now()))
-            .saturating_sub(u128::from(start_sum));
-        let total = u64::try_from(total).unwrap_or(u64::MAX).min(self.now());
-        Duration::from_nanos(total)
+        self.full_total
+            + self
+                .full_since
+                .map_or(Duration::ZERO, |since| since.elapsed())
     }
 }

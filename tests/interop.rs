@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use backpressure_pipeline::{Policy, PushOutcome, Queue};
+use backpressure_pipeline::{Policy, Queue};
 use common::Sp;
 use futures_util::{SinkExt, StreamExt};
 
@@ -31,12 +31,19 @@ async fn stream_and_sink_compose(sp: Sp) {
 async fn sink_hands_back_shed_items(sp: Sp) {
     let _ = sp;
     let queue = Arc::new(Queue::new(2, Policy::DropOldest).unwrap());
-    let mut sink = queue.clone().into_sink();
+    let (evicted, handed_back) = std::sync::mpsc::channel();
+    let mut sink = queue
+        .clone()
+        .into_sink()
+        .on_shed(move |item| evicted.send(item).unwrap());
     sink.send(1).await.unwrap();
     sink.send(2).await.unwrap();
-    assert_eq!(sink.send(3).await, Err(PushOutcome::Evicted(1)));
+    // Accepted, with the oldest evicted and handed to the hook: the send goes on.
+    sink.send(3).await.unwrap();
+    assert_eq!(handed_back.try_recv(), Ok(1));
     queue.close();
-    assert_eq!(sink.send(4).await, Err(PushOutcome::Closed(4)));
+    let err = sink.send(4).await.unwrap_err();
+    assert!(err.is_closed());
     let left: Vec<u32> = queue.clone().into_stream().collect().await;
     assert_eq!(left, [2, 3]);
 }

@@ -100,6 +100,9 @@ struct Model {
     peak: usize,
     root_cancelled: bool,
     child_cancelled: bool,
+    /// The parked `Block` push, if any: `Some(true)` once a pop has reserved a freed slot
+    /// for it (waiting producers are served first, never overtaken by a newcomer).
+    producer: Option<bool>,
 }
 
 impl Model {
@@ -115,7 +118,45 @@ impl Model {
             peak: 0,
             root_cancelled: false,
             child_cancelled: false,
+            producer: None,
         }
+    }
+
+    /// Slots promised to the parked producer.
+    fn reserved(&self) -> usize {
+        usize::from(self.producer == Some(true))
+    }
+
+    fn enqueue(&mut self, v: u32) {
+        self.buf.push_back(v);
+        self.accepted += 1;
+        self.peak = self.peak.max(self.buf.len());
+    }
+
+    /// Items left the buffer: the first freed slot goes to the parked producer, if it waits.
+    fn freed(&mut self, n: usize) {
+        if n > 0 && self.producer == Some(false) {
+            self.producer = Some(true);
+        }
+    }
+
+    /// The parked push polled again.
+    fn repoll_push(&mut self, v: u32) -> Option<PushOutcome<u32>> {
+        if self.closed {
+            self.producer = None;
+            return Some(PushOutcome::Closed(v));
+        }
+        if self.producer == Some(true) {
+            self.producer = None;
+            self.enqueue(v);
+            return Some(PushOutcome::Accepted);
+        }
+        None
+    }
+
+    /// The parked push dropped: a reserved slot is free again.
+    fn drop_producer(&mut self) {
+        self.producer = None;
     }
 
     /// A push; `None` when it would wait (only the async push under `Block`, full and open).
@@ -124,10 +165,8 @@ impl Model {
         if self.closed {
             return Some(PushOutcome::Closed(v));
         }
-        if self.buf.len() < self.capacity {
-            self.buf.push_back(v);
-            self.accepted += 1;
-            self.peak = self.peak.max(self.buf.len());
+        if self.buf.len() + self.reserved() < self.capacity {
+            self.enqueue(v);
             return Some(PushOutcome::Accepted);
         }
         match self.policy {
@@ -150,7 +189,10 @@ impl Model {
     /// A pop; `None` when it would wait.
     fn pop(&mut self) -> Option<Option<u32>> {
         match self.buf.pop_front() {
-            Some(v) => Some(Some(v)),
+            Some(v) => {
+                self.freed(1);
+                Some(Some(v))
+            }
             None if self.closed => Some(None),
             None => None,
         }
@@ -164,6 +206,7 @@ impl Model {
             return None;
         }
         let n = limit.min(self.buf.len());
+        self.freed(n);
         Some(self.buf.drain(..n).collect())
     }
 
@@ -303,6 +346,9 @@ fn check_against_model(capacity: usize, policy: Policy, ops: &[Op]) {
                 expect_poll(got, expected, &at);
                 // One parked call at a time; a second one that waits is simply dropped.
                 if waits && parked.is_none() {
+                    if let Call::Push = call {
+                        model.producer = Some(false);
+                    }
                     let seen = counter.count();
                     parked = Some(Parked {
                         call,
@@ -316,7 +362,10 @@ fn check_against_model(capacity: usize, policy: Policy, ops: &[Op]) {
             }
             Op::PollParked => {
                 if let Some(p) = &mut parked {
-                    let expected = model.call(p.call, p.value);
+                    let expected = match p.call {
+                        Call::Push => model.repoll_push(p.value).map(Out::Push),
+                        call => model.call(call, p.value),
+                    };
                     if expected.is_some() {
                         // It can complete now, so whatever made that possible must have
                         // woken it: a lost wake-up would leave it asleep forever.
@@ -334,7 +383,15 @@ fn check_against_model(capacity: usize, policy: Policy, ops: &[Op]) {
                     }
                 }
             }
-            Op::DropParked => parked = None,
+            Op::DropParked => {
+                if let Some(Parked {
+                    call: Call::Push, ..
+                }) = parked
+                {
+                    model.drop_producer();
+                }
+                parked = None;
+            }
             Op::PopUnlessCancelled => {
                 let got = future::select(pin!(sys.queue.pop()), pin!(sys.child.cancelled()))
                     .now_or_never()

@@ -293,6 +293,14 @@ impl<T: Send + 'static> PipelineBuilder<T> {
             #[cfg(feature = "tracing")]
             shed_log: crate::shed_log::ShedLog::new(),
         });
+        // Every stop releases every waiter at once: whoever cancels the stop token (shutdown,
+        // the parent, a panic stop, a dropped pipeline), the queue closes in that call.
+        let weak = Arc::downgrade(&shared);
+        shared.stop.on_cancel(Box::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.queue.close();
+            }
+        }));
         let work = Arc::new(work);
         let mut state = State::default();
         for _ in 0..self.workers {

@@ -32,14 +32,12 @@ pub(super) struct Shared<T> {
 
 impl<T> Shared<T> {
     pub(super) async fn push(&self, item: T) -> PushOutcome<T> {
-        self.close_if_stopped();
         let outcome = self.queue.push(item).await;
         self.observe(&outcome);
         outcome
     }
 
     pub(super) fn try_push(&self, item: T) -> PushOutcome<T> {
-        self.close_if_stopped();
         let outcome = self.queue.try_push(item);
         self.observe(&outcome);
         outcome
@@ -53,14 +51,6 @@ impl<T> Shared<T> {
         self.stop.cancel();
         self.worker_token.cancel();
         self.queue.close();
-    }
-
-    /// An external stop (the parent token) closes the queue at the next push, if no worker
-    /// has noticed it yet.
-    fn close_if_stopped(&self) {
-        if self.stop.is_cancelled() {
-            self.queue.close();
-        }
     }
 
     /// Makes loss visible beyond the returned item: the hook, and the log. Runs in the
@@ -81,21 +71,45 @@ impl<T> Shared<T> {
     }
 
     pub(super) fn stats(&self) -> Stats {
-        self.stats_with(&self.queue.stats())
+        // The workers' counters first, then the queue's: an item counted processed was
+        // popped before, so the snapshot never shows more processed than popped.
+        let (processed, panicked) = self.worker_counts();
+        self.combine(&self.queue.stats(), processed, panicked)
     }
 
-    /// The pipeline's counters around a snapshot of the queue's.
+    /// The pipeline's counters around the queue's final ones (for the report, once the
+    /// queue is closed and emptied: its counters no longer move).
     pub(super) fn stats_with(&self, queue: &QueueStats) -> Stats {
-        // Relaxed: a snapshot, each counter on its own.
+        let (processed, panicked) = self.worker_counts();
+        self.combine(queue, processed, panicked)
+    }
+
+    fn worker_counts(&self) -> (u64, u64) {
+        // Acquire: pairs with the workers' Release increments, which follow their pops; a
+        // queue snapshot taken after these loads includes those pops.
+        (
+            self.processed.load(Ordering::Acquire),
+            self.panicked.load(Ordering::Acquire),
+        )
+    }
+
+    fn combine(&self, queue: &QueueStats, processed: u64, panicked: u64) -> Stats {
         Stats {
             produced: queue.accepted + queue.shed,
-            processed: self.processed.load(Ordering::Relaxed),
+            processed,
             dropped: queue.shed + queue.evicted,
-            panicked: self.panicked.load(Ordering::Relaxed),
+            panicked,
             depth: queue.len,
             peak_depth: queue.peak_len,
             time_full: queue.time_full,
         }
+    }
+
+    /// Whether items are left to process: in the queue, or in a worker's hands.
+    pub(super) fn backlog_left(&self) -> bool {
+        let (processed, panicked) = self.worker_counts();
+        let queue = self.queue.stats();
+        queue.len > 0 || queue.popped > processed + panicked
     }
 }
 

@@ -4,13 +4,12 @@
 //! dropped, so a joined worker holds nothing of the pipeline's.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_channel::oneshot;
-use futures_util::future::{self, AbortHandle, Abortable, Aborted, Either, FutureExt};
+use futures_util::future::{AbortHandle, Abortable, Aborted, FutureExt};
 
 use super::producer::Shared;
 use super::OnPanic;
@@ -76,13 +75,17 @@ where
     let (sender, exit) = oneshot::channel();
     let worker = Abortable::new(work_loop(shared, work), registration);
     let task = async move {
-        let outcome = match AssertUnwindSafe(worker).catch_unwind().await {
+        let mut worker = Box::pin(AssertUnwindSafe(worker).catch_unwind());
+        let outcome = match worker.as_mut().await {
             Ok(Ok(())) => Exit::Finished,
             Ok(Err(Aborted)) => Exit::Aborted,
             Err(_) => Exit::Panicked,
         };
-        // `.await` consumed the worker future, so it is dropped by now: a joined worker
-        // holds no item, no closure and no reference to the pipeline.
+        // Drop the worker future before sending the outcome: a joined worker holds no item,
+        // no closure and no reference to the pipeline. An aborted worker drops the item it
+        // held here, and an item's `Drop` is user code: a panic in it is caught (the item
+        // is counted abandoned already), so the outcome is still sent.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(worker)));
         let _ = sender.send(outcome);
     };
     spawner.spawn(Box::pin(task))?;
@@ -105,31 +108,24 @@ where
         if shared.worker_token.is_cancelled() {
             return;
         }
-        let item = if shared.stop.is_cancelled() {
-            // Intake stopped (maybe by the parent token): make sure the queue is closed, then
-            // drain it.
-            shared.queue.close();
-            shared.queue.pop().await
-        } else {
-            // `pop` is cancel safe, so losing this race loses no item.
-            match future::select(pin!(shared.queue.pop()), shared.stop.cancelled()).await {
-                Either::Left((item, _)) => item,
-                Either::Right(_) => continue,
-            }
+        // Every stop closes the queue (the stop token's hook), which wakes this pop: it
+        // drains what is left, then ends the loop.
+        let Some(item) = shared.queue.pop().await else {
+            return;
         };
-        let Some(item) = item else { return };
-        // Relaxed, for the counters here: the report reads them after the join (invariant 2).
-        // A panic in the user's code is caught per item and counted; by `OnPanic` the worker
-        // goes on or the pipeline stops.
+        // Release, for the counters here: a stats snapshot that sees the count also sees the
+        // pop before it; the report reads them after the join (invariant 2). A panic in the
+        // user's code is caught per item and counted; by `OnPanic` the worker goes on or the
+        // pipeline stops.
         match AssertUnwindSafe(async { work(item).await })
             .catch_unwind()
             .await
         {
             Ok(()) => {
-                shared.processed.fetch_add(1, Ordering::Relaxed);
+                shared.processed.fetch_add(1, Ordering::Release);
             }
             Err(_) => {
-                shared.panicked.fetch_add(1, Ordering::Relaxed);
+                shared.panicked.fetch_add(1, Ordering::Release);
                 if shared.on_panic == OnPanic::StopPipeline {
                     shared.stop_on_panic();
                 }

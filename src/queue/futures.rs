@@ -1,0 +1,216 @@
+//! The queue's named futures: [`Push`], [`Pop`] and [`PopMany`].
+//!
+//! Each holds at most a ticket in one of the queue's lines; dropping one gives its ticket
+//! back, passing on a wake-up it received and did not use.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use super::{Queue, Ticket};
+use crate::policy::{Policy, PushOutcome};
+
+/// Pushes into a full queue, with no pop in between, after which a producer yields once
+/// (see [`Queue::push`]).
+const OVERLOAD_BUDGET: u32 = 32;
+
+std::thread_local! {
+    /// This thread's pushes into a full queue: which queue, the pops it had seen then, and
+    /// how many such pushes found no pop since.
+    static OVERLOAD: Cell<(usize, u64, u32)> = const { Cell::new((0, 0, 0)) };
+}
+
+/// Counts a push into a full queue that has seen `pops` pops; true when this thread has
+/// made [`OVERLOAD_BUDGET`] of them in a row with no pop in between: the workers are not
+/// running, and may be waiting for this very thread.
+fn yield_due<T>(queue: &Queue<T>, pops: u64) -> bool {
+    let id = queue as *const Queue<T> as usize;
+    OVERLOAD.with(|cell| {
+        let (seen_id, seen_pops, count) = cell.get();
+        let count = if (seen_id, seen_pops) == (id, pops) {
+            count + 1
+        } else {
+            1
+        };
+        let due = count >= OVERLOAD_BUDGET;
+        cell.set((id, pops, if due { 0 } else { count }));
+        due
+    })
+}
+
+/// The future returned by [`Queue::push`].
+///
+/// # Cancel safety
+///
+/// Cancel safe: see [`Queue::push`].
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Push<'a, T> {
+    queue: &'a Queue<T>,
+    item: Option<T>,
+    /// A place in the producers' line (under `Block`).
+    ticket: Option<Ticket>,
+    /// Whether this push has yielded already (under the shedding policies).
+    yielded: bool,
+}
+
+impl<'a, T> Push<'a, T> {
+    pub(super) fn new(queue: &'a Queue<T>, item: T) -> Self {
+        Push {
+            queue,
+            item: Some(item),
+            ticket: None,
+            yielded: false,
+        }
+    }
+}
+
+// The item is moved, never pinned: a `Push` may move whatever `T` is.
+impl<T> Unpin for Push<'_, T> {}
+
+impl<T> Future for Push<'_, T> {
+    type Output = PushOutcome<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PushOutcome<T>> {
+        let this = self.get_mut();
+        if this.queue.policy == Policy::Block {
+            return this
+                .queue
+                .poll_push_block(cx, &mut this.ticket, &mut this.item);
+        }
+        // Under overload with the workers making no progress, let them run (before pushing,
+        // so that a push dropped during its yield enqueued nothing).
+        if !this.yielded && this.queue.looks_full() && yield_due(this.queue, this.queue.pops()) {
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let item = this.item.take().expect("a push polled after it completed");
+        Poll::Ready(this.queue.try_push(item))
+    }
+}
+
+impl<T> Drop for Push<'_, T> {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            self.queue.leave_producers(&mut self.ticket);
+        }
+    }
+}
+
+impl<T> fmt::Debug for Push<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Push")
+            .field("queue", self.queue)
+            .field("done", &self.item.is_none())
+            .field("waiting", &self.ticket.is_some())
+            .finish()
+    }
+}
+
+/// The future returned by [`Queue::pop`].
+///
+/// # Cancel safety
+///
+/// Cancel safe: see [`Queue::pop`].
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Pop<'a, T> {
+    queue: &'a Queue<T>,
+    /// A place in the poppers' line.
+    ticket: Option<Ticket>,
+}
+
+impl<'a, T> Pop<'a, T> {
+    pub(super) fn new(queue: &'a Queue<T>) -> Self {
+        Pop {
+            queue,
+            ticket: None,
+        }
+    }
+}
+
+impl<T> Future for Pop<'_, T> {
+    type Output = Option<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = self.get_mut();
+        this.queue
+            .poll_take(cx, &mut this.ticket, 1, |buf, _| buf.pop_front())
+            .map(Option::flatten)
+    }
+}
+
+impl<T> Drop for Pop<'_, T> {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            self.queue.leave_poppers(&mut self.ticket);
+        }
+    }
+}
+
+impl<T> fmt::Debug for Pop<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pop")
+            .field("queue", self.queue)
+            .field("waiting", &self.ticket.is_some())
+            .finish()
+    }
+}
+
+/// The future returned by [`Queue::pop_many`].
+///
+/// # Cancel safety
+///
+/// Cancel safe: see [`Queue::pop_many`].
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct PopMany<'a, T> {
+    queue: &'a Queue<T>,
+    limit: usize,
+    /// A place in the poppers' line.
+    ticket: Option<Ticket>,
+}
+
+impl<'a, T> PopMany<'a, T> {
+    pub(super) fn new(queue: &'a Queue<T>, limit: usize) -> Self {
+        PopMany {
+            queue,
+            limit,
+            ticket: None,
+        }
+    }
+}
+
+impl<T> Future for PopMany<'_, T> {
+    type Output = Vec<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<T>> {
+        let this = self.get_mut();
+        if this.limit == 0 {
+            return Poll::Ready(Vec::new());
+        }
+        this.queue
+            .poll_take(cx, &mut this.ticket, this.limit, |buf, n| {
+                buf.drain(..n).collect()
+            })
+            .map(Option::unwrap_or_default)
+    }
+}
+
+impl<T> Drop for PopMany<'_, T> {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            self.queue.leave_poppers(&mut self.ticket);
+        }
+    }
+}
+
+impl<T> fmt::Debug for PopMany<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PopMany")
+            .field("queue", self.queue)
+            .field("limit", &self.limit)
+            .field("waiting", &self.ticket.is_some())
+            .finish()
+    }
+}
