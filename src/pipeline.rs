@@ -338,21 +338,25 @@ impl<T: Send + 'static> Pipeline<T> {
         // The workers drain the bounded backlog until the deadline.
         let remaining = self.deadline.saturating_sub(begun.elapsed());
         if !self.join_within(&mut state.workers, remaining).await {
-            // Workers still running with nothing left to do are on their way out (a zero
-            // deadline meets them there): the deadline is exceeded only if items are left.
-            if self.shared.backlog_left() {
+            // The deadline is exceeded only if items are left. Workers still running with
+            // nothing left to do were woken by close and are on their way out (a zero
+            // deadline meets them there): they get the whole bound before any abort.
+            let (wait, after_abort) = if self.shared.backlog_left() {
                 state.deadline_exceeded = true;
                 // Cooperative first: workers take no new item and may watch the token.
                 self.shared.worker_token.cancel();
-            }
-            if !self.join_within(&mut state.workers, self.grace).await {
+                (self.grace, self.unresponsive_after)
+            } else {
+                let whole = self.grace.saturating_add(self.unresponsive_after);
+                (whole, Duration::ZERO)
+            };
+            if !self.join_within(&mut state.workers, wait).await {
                 for slot in state.workers.iter().filter(|s| s.outcome.is_none()) {
                     slot.abort.abort();
                 }
                 // Those still running after this are unresponsive (blocked in synchronous
                 // code); they are named in the report, not awaited forever.
-                self.join_within(&mut state.workers, self.unresponsive_after)
-                    .await;
+                self.join_within(&mut state.workers, after_abort).await;
             }
         }
         let (left, queue) = self.shared.queue.take_all();
