@@ -346,6 +346,14 @@ impl CancellationToken {
         }
     }
 
+    /// [`on_cancel`](CancellationToken::on_cancel) for the loom models in `loom/`, which
+    /// are another crate. Not part of the API: it exists only under `--cfg loom`.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn loom_on_cancel(&self, hook: Hook) {
+        self.on_cancel(hook);
+    }
+
     /// Returns a guard that cancels this token when dropped, unless disarmed.
     ///
     /// # Examples

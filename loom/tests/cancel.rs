@@ -65,3 +65,29 @@ fn cancel_wakes_a_waiter() {
         waiter.join().unwrap();
     });
 }
+
+/// The hook a pipeline sets on its stop token (it closes the queue) runs exactly once,
+/// whether it is set before the cancel, during it, or after it.
+#[test]
+fn a_hook_runs_once_whenever_it_is_set() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    loom::model(|| {
+        let root = CancellationToken::new();
+        let child = root.child_token();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let canceller = thread::spawn({
+            let root = root.clone();
+            move || root.cancel()
+        });
+        child.loom_on_cancel(Box::new({
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        assert!(canceller.join().unwrap());
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    });
+}
