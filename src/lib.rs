@@ -19,8 +19,9 @@
 //!   ([`on_shed`](PipelineBuilder::on_shed)), and with the `tracing` feature one warning when
 //!   shedding starts and one summary when it stops.
 //!
-//! No `unsafe`: the queue is an `async-lock` semaphore (permits == items available) over a
-//! `VecDeque` behind a mutex held for a few instructions and never across an `.await`, and
+//! No `unsafe`: the queue is a `VecDeque` behind a mutex held for a few instructions and
+//! never across an `.await`, with the lines of waiting poppers and producers kept under the
+//! same lock (wake-ups that add up, producers served first come, first served), and
 //! cancellation is built on `event-listener`.
 //!
 //! # Example
@@ -73,7 +74,7 @@
 //! - Every item must be processed and you already have back-pressure end to end: a bounded
 //!   `async-channel` or `tokio::sync::mpsc` with a few tasks is simpler.
 //! - You need the highest raw hand-off rate on one thread: a lock-free channel (flume,
-//!   crossbeam) is faster than a semaphore over a mutex.
+//!   crossbeam) is faster than a queue behind a mutex.
 //! - The work is CPU-bound: use a thread pool (rayon), not async workers.
 
 #![forbid(unsafe_code)]

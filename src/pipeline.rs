@@ -287,9 +287,20 @@ impl<T: Send + 'static> Pipeline<T> {
     /// workers to stop → abort the rest → join every worker, naming those still running
     /// after [`unresponsive_after`](PipelineBuilder::unresponsive_after) unresponsive →
     /// count what is left in the queue as abandoned. It never waits longer than
-    /// deadline + grace + `unresponsive_after`.
+    /// deadline + grace + `unresponsive_after`, even when every runtime thread is blocked:
+    /// its waits race the runtime's timer against a timer thread of the crate's own (a
+    /// single-threaded runtime whose only thread is blocked runs no task at all, this one
+    /// included, until it is released). Workers still running at the deadline with nothing
+    /// left to do are only on their way out: the deadline is not exceeded, and they get
+    /// grace + `unresponsive_after` to end before any abort.
     ///
     /// Calling it again, or concurrently, returns the same report.
+    ///
+    /// # Panics
+    ///
+    /// Items left in the queue are dropped after the report is committed; if an item's
+    /// `Drop` panics, the panic surfaces here, and a later or concurrent call returns the
+    /// committed report.
     ///
     /// # Cancel safety
     ///

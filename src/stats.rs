@@ -43,8 +43,10 @@ pub struct QueueStats {
 /// A snapshot of a [`Pipeline`](crate::Pipeline)'s counters while it runs, from
 /// [`Pipeline::stats`](crate::Pipeline::stats) or [`Producer::stats`](crate::Producer::stats).
 ///
-/// The same counters as the final [`Report`](crate::Report), read live: each field on its own,
-/// so a snapshot taken under load may be a few items apart between fields.
+/// The same counters as the final [`Report`](crate::Report), read live. The workers'
+/// counters are read first and the queue's after them, in one snapshot under its lock: no
+/// counter goes backwards, and `processed + panicked` never exceeds the items the workers
+/// have taken, so `produced >= processed + dropped + panicked` in every snapshot.
 ///
 /// # Examples
 ///

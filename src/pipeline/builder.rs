@@ -182,7 +182,8 @@ impl<T: Send + 'static> PipelineBuilder<T> {
     ///
     /// The hook runs in the producer's task, after the queue's lock is released, so it may
     /// take time without holding up the workers (but it does hold up that producer). A panic
-    /// in the hook reaches the producer that pushed.
+    /// in the hook reaches the producer that pushed; the item is counted as dropped before
+    /// the hook runs, so the law holds either way.
     ///
     /// # Examples
     ///

@@ -50,7 +50,7 @@ pub struct Report {
     pub workers_unresponsive: usize,
     /// What started the shutdown.
     pub cause: StopCause,
-    /// Whether the deadline passed before the backlog was drained.
+    /// Whether the deadline passed with items left: in the queue, or in a worker's hands.
     pub deadline_exceeded: bool,
 }
 
