@@ -253,6 +253,11 @@ impl<T> Sink<T> for PushSink<T> {
                 Ok(())
             });
         }
+        if this.queue.is_closed() {
+            // A slot reserved before the close is of no use now: give it back.
+            this.release();
+            return Poll::Ready(Err(SendError::closed(None)));
+        }
         if this.reserved {
             return Poll::Ready(Ok(()));
         }
