@@ -96,14 +96,21 @@ const CLOSED: u64 = 1 << 63;
 /// ```
 pub struct Queue<T> {
     inner: Mutex<Inner<T>>,
-    /// A copy of the buffer's length (invariant 6).
-    len: AtomicUsize,
-    /// A copy of `popped`, for a producer to see whether the workers make progress.
-    pops: AtomicU64,
+    /// Copies for lock-free readers, on a line of their own, away from the lock's.
+    copies: CacheLine<Copies>,
     /// The closed flag and the shed count (invariant 5).
     state: CacheLine<AtomicU64>,
     capacity: usize,
     policy: Policy,
+}
+
+/// Written under the buffer lock, read without it.
+#[derive(Debug)]
+struct Copies {
+    /// The buffer's length (invariant 6).
+    len: AtomicUsize,
+    /// `popped`, for a producer to see whether the workers make progress.
+    pops: AtomicU64,
 }
 
 /// Everything under the buffer lock (invariant 1).
@@ -192,8 +199,10 @@ impl<T> Queue<T> {
                 popped: 0,
                 meter: Meter::new(),
             }),
-            len: AtomicUsize::new(0),
-            pops: AtomicU64::new(0),
+            copies: CacheLine(Copies {
+                len: AtomicUsize::new(0),
+                pops: AtomicU64::new(0),
+            }),
             state: CacheLine(AtomicU64::new(0)),
             capacity,
             policy,
@@ -205,7 +214,7 @@ impl<T> Queue<T> {
     /// Under `Block` it waits until there is room or the queue closes; waiting producers are
     /// served in the order they started waiting. Under `DropNewest` and `DropOldest` it is
     /// [`try_push`](Queue::try_push), except that a producer that has pushed into a full queue
-    /// 32 times in a row with no pop in between yields to the runtime once (before pushing):
+    /// 256 times in a row with no pop in between yields to the runtime once (before pushing):
     /// a producer looping on `push().await` under overload cannot starve the workers that
     /// share its thread (on a current-thread runtime, say), and costs nothing while they run.
     ///
@@ -275,13 +284,13 @@ impl<T> Queue<T> {
     /// Items popped so far, read without the lock.
     pub(crate) fn pops(&self) -> u64 {
         // Relaxed: a hint (see the field).
-        self.pops.load(Ordering::Relaxed)
+        self.copies.0.pops.load(Ordering::Relaxed)
     }
 
     /// Whether the queue looks full to a lock-free reader (invariant 6).
     pub(crate) fn looks_full(&self) -> bool {
         // Relaxed: a length the buffer had; the lock orders the buffer itself.
-        self.len.load(Ordering::Relaxed) >= self.capacity
+        self.copies.0.len.load(Ordering::Relaxed) >= self.capacity
     }
 
     /// Sheds `item` without taking the lock if the policy is `DropNewest` and the queue is
@@ -370,7 +379,7 @@ impl<T> Queue<T> {
     fn after_change(&self, inner: &mut Inner<T>) {
         let len = inner.buf.len();
         // Relaxed: a copy for lock-free readers (invariant 6); the lock orders the buffer.
-        self.len.store(len, Ordering::Relaxed);
+        self.copies.0.len.store(len, Ordering::Relaxed);
         inner.meter.update(len, self.capacity);
     }
 
@@ -583,7 +592,7 @@ impl<T> Queue<T> {
         let taken = take(&mut inner.buf, n);
         inner.popped += n as u64;
         // Relaxed: a progress hint for overloaded producers; the lock orders the buffer.
-        self.pops.store(inner.popped, Ordering::Relaxed);
+        self.copies.0.pops.store(inner.popped, Ordering::Relaxed);
         self.after_change(&mut inner);
         // One freed slot, one waiting producer (invariant 3); bounded by `n`.
         let mut wake = WakeAfterUnlock::default();
@@ -675,7 +684,7 @@ impl<T> Queue<T> {
     /// ```
     pub fn len(&self) -> usize {
         // Relaxed: a snapshot; it is stale as soon as it is read anyway.
-        self.len.load(Ordering::Relaxed)
+        self.copies.0.len.load(Ordering::Relaxed)
     }
 
     /// Whether the queue holds no item at this instant.

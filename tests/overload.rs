@@ -1,6 +1,6 @@
 //! Overload must not starve the workers: a producer looping on `push().await` under a
 //! shedding policy, on a runtime with one thread, lets the workers make steady progress
-//! (it yields once after 32 pushes into a full queue with no pop in between).
+//! (it yields once after 256 pushes into a full queue with no pop in between).
 
 use std::sync::Arc;
 

@@ -294,6 +294,55 @@ async fn zero_deadline_with_work_left_is_exceeded(sp: Sp) {
     assert!(report.is_conserved(), "{report}");
 }
 
+/// A spawner that starts one task, then panics: the user code of a custom runtime.
+#[derive(Debug)]
+struct PanicsOnSecondSpawn {
+    inner: Sp,
+    spawned: std::sync::atomic::AtomicUsize,
+}
+
+impl backpressure_pipeline::Spawner for PanicsOnSecondSpawn {
+    fn spawn(
+        &self,
+        task: backpressure_pipeline::BoxFuture,
+    ) -> Result<(), backpressure_pipeline::SpawnError> {
+        if self
+            .spawned
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            panic!("the runtime's spawn panics");
+        }
+        self.inner.spawn(task)
+    }
+
+    fn sleep(&self, duration: Duration) -> backpressure_pipeline::BoxFuture {
+        self.inner.sleep(duration)
+    }
+}
+
+async fn a_spawn_that_panics_leaves_no_worker_behind(sp: Sp) {
+    let alive = Live::new();
+    let spawner = PanicsOnSecondSpawn {
+        inner: sp,
+        spawned: Default::default(),
+    };
+    let built = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        Pipeline::builder(4, Policy::Block)
+            .workers(3)
+            .spawn(spawner, {
+                let alive = alive.track();
+                move |_: u8| {
+                    let _ = &alive;
+                    async {}
+                }
+            })
+    }));
+    assert!(built.is_err(), "the spawner's panic reaches the caller");
+    // The worker started before the panic is aborted: the closure it shares goes with it.
+    alive.all_dropped().await;
+}
+
 on_every_runtime!(
     each_stop_releases_a_producer_parked_on_a_full_queue,
     each_stop_releases_workers_parked_on_an_empty_queue,
@@ -302,6 +351,7 @@ on_every_runtime!(
     concurrent_shutdowns_agree_when_a_drop_panics,
     zero_deadline_on_an_idle_pipeline_is_not_exceeded,
     zero_deadline_with_work_left_is_exceeded,
+    a_spawn_that_panics_leaves_no_worker_behind,
 );
 
 /// Shutdown's time bound does not depend on the runtime it guards: with every worker thread

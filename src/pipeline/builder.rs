@@ -303,27 +303,21 @@ impl<T: Send + 'static> PipelineBuilder<T> {
             }
         }));
         let work = Arc::new(work);
-        let mut state = State::default();
-        for _ in 0..self.workers {
-            match spawn_worker(&spawner, shared.clone(), work.clone()) {
-                Ok(slot) => state.workers.push(slot),
-                Err(err) => {
-                    for slot in &state.workers {
-                        slot.abort.abort();
-                    }
-                    shared.queue.close();
-                    return Err(err.into());
-                }
-            }
-        }
-        Ok(Pipeline {
+        // The pipeline first, then its workers: if the runtime refuses one (or its `spawn`
+        // panics), dropping the pipeline aborts those already started and closes the queue.
+        let mut pipeline = Pipeline {
             shared,
             spawner: Arc::new(spawner),
             deadline: self.deadline,
             grace: self.grace,
             unresponsive_after: self.unresponsive_after,
-            state: async_lock::Mutex::new(state),
-        })
+            state: async_lock::Mutex::new(State::default()),
+        };
+        for _ in 0..self.workers {
+            let slot = spawn_worker(&pipeline.spawner, pipeline.shared.clone(), work.clone())?;
+            pipeline.state.get_mut().workers.push(slot);
+        }
+        Ok(pipeline)
     }
 }
 

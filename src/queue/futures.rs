@@ -14,29 +14,33 @@ use crate::policy::{Policy, PushOutcome};
 
 /// Pushes into a full queue, with no pop in between, after which a producer yields once
 /// (see [`Queue::push`]).
-const OVERLOAD_BUDGET: u32 = 32;
+const OVERLOAD_BUDGET: u32 = 256;
 
 std::thread_local! {
-    /// This thread's pushes into a full queue: which queue, the pops it had seen then, and
-    /// how many such pushes found no pop since.
-    static OVERLOAD: Cell<(usize, u64, u32)> = const { Cell::new((0, 0, 0)) };
+    /// This thread's pushes into a full queue: which queue, how many since the last look at
+    /// its pop count, and that count.
+    static OVERLOAD: Cell<(usize, u32, u64)> = const { Cell::new((0, 0, 0)) };
 }
 
-/// Counts a push into a full queue that has seen `pops` pops; true when this thread has
-/// made [`OVERLOAD_BUDGET`] of them in a row with no pop in between: the workers are not
-/// running, and may be waiting for this very thread.
-fn yield_due<T>(queue: &Queue<T>, pops: u64) -> bool {
+/// Counts a push into a full queue; true when this thread's last [`OVERLOAD_BUDGET`] such
+/// pushes saw no pop in between: the workers are not running, and may be waiting for this
+/// very thread. The pop count (a line the poppers write) is read once per budget, not per
+/// push.
+fn yield_due<T>(queue: &Queue<T>) -> bool {
     let id = queue as *const Queue<T> as usize;
     OVERLOAD.with(|cell| {
-        let (seen_id, seen_pops, count) = cell.get();
-        let count = if (seen_id, seen_pops) == (id, pops) {
-            count + 1
-        } else {
-            1
-        };
-        let due = count >= OVERLOAD_BUDGET;
-        cell.set((id, pops, if due { 0 } else { count }));
-        due
+        let (seen_id, count, seen_pops) = cell.get();
+        if seen_id != id {
+            cell.set((id, 1, queue.pops()));
+            return false;
+        }
+        if count + 1 < OVERLOAD_BUDGET {
+            cell.set((id, count + 1, seen_pops));
+            return false;
+        }
+        let pops = queue.pops();
+        cell.set((id, 0, pops));
+        pops == seen_pops
     })
 }
 
@@ -81,7 +85,7 @@ impl<T> Future for Push<'_, T> {
         }
         // Under overload with the workers making no progress, let them run (before pushing,
         // so that a push dropped during its yield enqueued nothing).
-        if !this.yielded && this.queue.looks_full() && yield_due(this.queue, this.queue.pops()) {
+        if !this.yielded && this.queue.looks_full() && yield_due(this.queue) {
             this.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
