@@ -32,7 +32,7 @@
 //! - SD shutdown: a full backlog of fast work, and workers stuck in `pending()`.
 //!
 //! "async-lock Mutex copy" rows measure [`async_lock_copy::AsyncLockQueue`], a copy of the
-//! crate's queue with `async_lock::Mutex` in place of its `std::sync::Mutex` (the design's
+//! semaphore queue with `async_lock::Mutex` in place of its `std::sync::Mutex` (the design's
 //! first choice, given up because a synchronous `try_push` blocking on it from a task
 //! deadlocked a runtime thread), kept here for comparison only.
 //!
@@ -61,7 +61,8 @@ use backpressure_pipeline::{ExecutorSpawner, Pipeline, Policy, PushOutcome, Queu
 // The async-lock Mutex copy (comparison only)
 // ---------------------------------------------------------------------------------------------
 
-/// COMPARISON ONLY — not part of the crate. The crate's `Queue` (`src/queue.rs`) with
+/// COMPARISON ONLY — not part of the crate. The crate's semaphore queue (as it was at commit
+/// 219b89b, before the waiter lines; see `semaphore_copy`) with
 /// `async_lock::Mutex` in place of `std::sync::Mutex`: the design's first choice for the
 /// buffer lock (`lock().await` on the async paths; `try_lock`, then `lock_blocking`, for
 /// the synchronous `try_push`). Everything else is the same: the items semaphore, the
@@ -69,7 +70,7 @@ use backpressure_pipeline::{ExecutorSpawner, Pipeline, Policy, PushOutcome, Queu
 /// leaves the semaphore alone, the counters written with a plain load and store on their own
 /// cache line, the clock read after the lock is released, the room wake-up skipped when no
 /// producer waits, and the wake-up passed on to a waiting popper when items are left
-/// (invariants 5 and 6 of `src/queue.rs`). Its rows tell what the std mutex buys.
+/// (invariants 5 and 6 of that `src/queue.rs`). Its rows tell what the std mutex bought.
 ///
 /// The crate moved off this lock because a synchronous `try_push` blocking on it from a task
 /// deadlocked a runtime thread: the notified lock waiter could only run on the blocked thread

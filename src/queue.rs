@@ -44,7 +44,11 @@
 //! limp past it; it also took event-listener's list lock on every push, waiter or not. Lines
 //! kept under the buffer lock remove that root: one lock per operation, a wake-up only when a
 //! task waits, wake-ups that add up, and FIFO producers. `examples/compare.rs` keeps the
-//! semaphore queue as a measured row ("semaphore copy").
+//! semaphore queue as a measured row ("semaphore copy"); in one `--runs 3` session
+//! (BENCHMARKS.md) the lines measured S4 45 ns per push+pop pair against the semaphore's 81,
+//! S2 2.53× against 2.13× async-channel's `force_send`, S3 0.79× against 0.61× its
+//! `try_send`, and S1 with capacity 1024 0.83–1.08× against 0.78–0.81× async-channel; only
+//! S1 with many consumers on capacity 16 came out behind (0.62× against 0.80× at 1→16).
 
 mod futures;
 mod waiters;
