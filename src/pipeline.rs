@@ -260,8 +260,8 @@ impl<T: Send + 'static> Pipeline<T> {
         self.shared.queue.capacity()
     }
 
-    /// Whether intake has stopped (shutdown began, or the parent token was cancelled and a
-    /// worker or producer has noticed).
+    /// Whether intake has stopped: shutdown began, the parent token was cancelled, or a
+    /// panic stopped the pipeline ([`OnPanic::StopPipeline`]); each closes the queue at once.
     ///
     /// # Examples
     ///

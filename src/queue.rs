@@ -60,7 +60,7 @@ use std::task::{Context, Poll, Waker};
 
 pub use self::futures::{Pop, PopMany, Push};
 pub(crate) use self::waiters::Ticket;
-use self::waiters::{Left, WaitList};
+use self::waiters::{Left, NeedsWaker, WaitList};
 
 use crate::policy::{ConfigError, Policy, PushOutcome};
 use crate::stats::{Meter, QueueStats};
@@ -133,31 +133,73 @@ struct Inner<T> {
     meter: Meter,
 }
 
-/// Wakers gathered under the buffer lock, woken once it is released: no user code (a waker
-/// is user code) runs under the lock.
+/// Wakers gathered under the buffer lock, woken or dropped once it is released: no user
+/// code (waking, cloning or dropping a waker is the runtime's code) runs under the lock.
 #[must_use = "wake them after releasing the lock"]
 #[derive(Default)]
 pub(crate) struct WakeAfterUnlock {
-    one: Option<Waker>,
-    more: Vec<Waker>,
+    wake: Option<Waker>,
+    wake_more: Vec<Waker>,
+    /// Wakers that left a line unused, or were displaced by a newer one: only dropped (one
+    /// at most per critical section but for the rarest paths, so no allocation).
+    drop: Option<Waker>,
+    drop_more: Vec<Waker>,
+}
+
+/// How a wait under the lock ended.
+enum Step<R> {
+    Done(R),
+    /// In line.
+    Parked,
+    /// A clone of the waker is needed: release the lock, clone it, and try again.
+    NeedsWaker,
 }
 
 impl WakeAfterUnlock {
     fn add(&mut self, waker: Option<Waker>) {
         let Some(waker) = waker else { return };
-        match self.one {
-            None => self.one = Some(waker),
-            Some(_) => self.more.push(waker),
+        match self.wake {
+            None => self.wake = Some(waker),
+            Some(_) => self.wake_more.push(waker),
+        }
+    }
+
+    /// Keeps the waker of a ticket that left its line, to drop it after unlocking.
+    fn leave(&mut self, left: Option<Left>) {
+        if let Some(Left::Waiting(waker)) = left {
+            self.discard(waker);
+        }
+    }
+
+    /// The outcome of `WaitList::wait`, with the waker it displaced kept to drop.
+    fn wait<R>(&mut self, waited: Result<Option<Waker>, NeedsWaker>) -> Step<R> {
+        match waited {
+            Ok(displaced) => {
+                if let Some(waker) = displaced {
+                    self.discard(waker);
+                }
+                Step::Parked
+            }
+            Err(NeedsWaker) => Step::NeedsWaker,
+        }
+    }
+
+    fn discard(&mut self, waker: Waker) {
+        match self.drop {
+            None => self.drop = Some(waker),
+            Some(_) => self.drop_more.push(waker),
         }
     }
 
     pub(crate) fn wake(self) {
-        if let Some(waker) = self.one {
+        if let Some(waker) = self.wake {
             waker.wake();
         }
-        for waker in self.more {
+        for waker in self.wake_more {
             waker.wake();
         }
+        drop(self.drop);
+        drop(self.drop_more);
     }
 }
 
@@ -389,31 +431,32 @@ impl<T> Queue<T> {
 
     /// Under the lock: room for the caller (a slot reserved for it, counted in `reserved`),
     /// or a place in the producers' line (invariant 3). `Err` when the queue is closed.
-    fn poll_room_locked(
+    fn room_locked(
         &self,
         inner: &mut Inner<T>,
         ticket: &mut Option<Ticket>,
         waker: &Waker,
-    ) -> Poll<Result<(), ()>> {
+        spare: &mut Option<Waker>,
+        after: &mut WakeAfterUnlock,
+    ) -> Step<Result<(), ()>> {
         if self.is_closed() {
-            inner.producers.leave(ticket);
-            return Poll::Ready(Err(()));
+            after.leave(inner.producers.leave(ticket));
+            return Step::Done(Err(()));
         }
         if inner.producers.is_notified(*ticket) {
             // Woken by a pop that reserved a slot for us.
             inner.producers.leave(ticket);
-            return Poll::Ready(Ok(()));
+            return Step::Done(Ok(()));
         }
         if inner.buf.len() + inner.reserved < self.capacity {
-            inner.producers.leave(ticket);
+            after.leave(inner.producers.leave(ticket));
             inner.reserved += 1;
-            return Poll::Ready(Ok(()));
+            return Step::Done(Ok(()));
         }
-        inner.producers.wait(ticket, waker);
-        Poll::Pending
+        after.wait(inner.producers.wait(ticket, waker, spare))
     }
 
-    /// Under the lock: puts `item` in a slot reserved by [`poll_room_locked`].
+    /// Under the lock: puts `item` in a slot reserved by [`room_locked`](Queue::room_locked).
     fn push_reserved_locked(
         &self,
         inner: &mut Inner<T>,
@@ -428,24 +471,45 @@ impl<T> Queue<T> {
         PushOutcome::Accepted
     }
 
-    /// Waits for room and pushes (under `Block`), in one critical section per poll.
+    /// Waits for room and pushes (under `Block`), in one critical section per poll (two when
+    /// it starts waiting: the waker it leaves in line is cloned with the lock released).
+    ///
+    /// # Panics
+    ///
+    /// If polled after it completed, before touching the queue.
     pub(crate) fn poll_push_block(
         &self,
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
         item: &mut Option<T>,
     ) -> Poll<PushOutcome<T>> {
-        let mut wake = WakeAfterUnlock::default();
-        let mut inner = self.lock();
-        let room = std::task::ready!(self.poll_room_locked(&mut inner, ticket, cx.waker()));
-        let item = item.take().expect("a push polled after it completed");
-        let outcome = match room {
-            Ok(()) => self.push_reserved_locked(&mut inner, item, &mut wake),
-            Err(()) => PushOutcome::Closed(item),
-        };
-        drop(inner);
-        wake.wake();
-        Poll::Ready(outcome)
+        assert!(item.is_some(), "a push polled after it completed");
+        // Likely to wait: clone the waker now, with no lock held, not in a second turn.
+        let mut spare = self.looks_full().then(|| cx.waker().clone());
+        // Terminates: the second turn brings the waker clone the first asked for.
+        loop {
+            let mut after = WakeAfterUnlock::default();
+            let mut inner = self.lock();
+            let step = self.room_locked(&mut inner, ticket, cx.waker(), &mut spare, &mut after);
+            let poll = match step {
+                Step::Done(room) => {
+                    let item = item.take().expect("checked on entry");
+                    Poll::Ready(match room {
+                        Ok(()) => self.push_reserved_locked(&mut inner, item, &mut after),
+                        Err(()) => PushOutcome::Closed(item),
+                    })
+                }
+                Step::Parked => Poll::Pending,
+                Step::NeedsWaker => {
+                    drop(inner);
+                    spare = Some(cx.waker().clone());
+                    continue;
+                }
+            };
+            drop(inner);
+            after.wake();
+            return poll;
+        }
     }
 
     /// Waits for room and reserves a slot (for the sink); `Err` once the queue is closed.
@@ -454,7 +518,25 @@ impl<T> Queue<T> {
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
     ) -> Poll<Result<(), ()>> {
-        self.poll_room_locked(&mut self.lock(), ticket, cx.waker())
+        let mut spare = self.looks_full().then(|| cx.waker().clone());
+        // Terminates: the second turn brings the waker clone the first asked for.
+        loop {
+            let mut after = WakeAfterUnlock::default();
+            let mut inner = self.lock();
+            let step = self.room_locked(&mut inner, ticket, cx.waker(), &mut spare, &mut after);
+            let poll = match step {
+                Step::Done(room) => Poll::Ready(room),
+                Step::Parked => Poll::Pending,
+                Step::NeedsWaker => {
+                    drop(inner);
+                    spare = Some(cx.waker().clone());
+                    continue;
+                }
+            };
+            drop(inner);
+            after.wake();
+            return poll;
+        }
     }
 
     /// Pushes into a slot reserved by [`poll_reserve`](Queue::poll_reserve).
@@ -479,18 +561,17 @@ impl<T> Queue<T> {
     /// A producer's ticket given back by a push or a sink that is dropped (invariant 3): a
     /// woken producer's reserved slot goes to the next in line.
     pub(crate) fn leave_producers(&self, ticket: &mut Option<Ticket>) {
+        let mut after = WakeAfterUnlock::default();
         let mut inner = self.lock();
-        let waker = match inner.producers.leave(ticket) {
+        match inner.producers.leave(ticket) {
             Some(Left::Notified) if !self.is_closed() => {
                 inner.reserved = inner.reserved.saturating_sub(1);
-                self.grant_room(&mut inner)
+                after.add(self.grant_room(&mut inner));
             }
-            _ => None,
-        };
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
+            left => after.leave(left),
         }
+        drop(inner);
+        after.wake();
     }
 
     /// Under the lock, with a slot free: reserves it for the first waiting producer, if any.
@@ -576,53 +657,71 @@ impl<T> Queue<T> {
         limit: usize,
         take: impl FnOnce(&mut VecDeque<T>, usize) -> R,
     ) -> Poll<Option<R>> {
-        let mut inner = self.lock();
-        if inner.buf.is_empty() {
-            if self.is_closed() {
-                // Empty is final (invariant 4).
-                inner.poppers.leave(ticket);
-                return Poll::Ready(None);
+        // Likely to wait: clone the waker now, with no lock held, not in a second turn.
+        let mut spare = self.is_empty().then(|| cx.waker().clone());
+        // Terminates: the second turn brings the waker clone the first asked for.
+        loop {
+            let mut after = WakeAfterUnlock::default();
+            let mut inner = self.lock();
+            if inner.buf.is_empty() {
+                if self.is_closed() {
+                    // Empty is final (invariant 4).
+                    after.leave(inner.poppers.leave(ticket));
+                    drop(inner);
+                    after.wake();
+                    return Poll::Ready(None);
+                }
+                // A notified popper that finds nothing (another took the item) waits again.
+                if inner.poppers.is_notified(*ticket) {
+                    inner.poppers.leave(ticket);
+                }
+                match after.wait::<()>(inner.poppers.wait(ticket, cx.waker(), &mut spare)) {
+                    Step::NeedsWaker => {
+                        drop(inner);
+                        spare = Some(cx.waker().clone());
+                        continue;
+                    }
+                    _ => {
+                        drop(inner);
+                        after.wake();
+                        return Poll::Pending;
+                    }
+                }
             }
-            // A notified popper that finds nothing (another took the item) waits again.
-            if inner.poppers.is_notified(*ticket) {
-                inner.poppers.leave(ticket);
+            after.leave(inner.poppers.leave(ticket));
+            // Bounded by the data: at most what the buffer holds.
+            let n = limit.clamp(1, inner.buf.len());
+            let taken = take(&mut inner.buf, n);
+            inner.popped += n as u64;
+            // Relaxed: a progress hint for overloaded producers; the lock orders the buffer.
+            self.copies.0.pops.store(inner.popped, Ordering::Relaxed);
+            self.after_change(&mut inner);
+            // One freed slot, one waiting producer (invariant 3); bounded by `n`.
+            for _ in 0..n {
+                match self.grant_room(&mut inner) {
+                    Some(waker) => after.add(Some(waker)),
+                    None => break,
+                }
             }
-            inner.poppers.wait(ticket, cx.waker());
-            return Poll::Pending;
+            drop(inner);
+            after.wake();
+            return Poll::Ready(Some(taken));
         }
-        inner.poppers.leave(ticket);
-        // Bounded by the data: at most what the buffer holds.
-        let n = limit.clamp(1, inner.buf.len());
-        let taken = take(&mut inner.buf, n);
-        inner.popped += n as u64;
-        // Relaxed: a progress hint for overloaded producers; the lock orders the buffer.
-        self.copies.0.pops.store(inner.popped, Ordering::Relaxed);
-        self.after_change(&mut inner);
-        // One freed slot, one waiting producer (invariant 3); bounded by `n`.
-        let mut wake = WakeAfterUnlock::default();
-        for _ in 0..n {
-            match self.grant_room(&mut inner) {
-                Some(waker) => wake.add(Some(waker)),
-                None => break,
-            }
-        }
-        drop(inner);
-        wake.wake();
-        Poll::Ready(Some(taken))
     }
 
     /// A popper's ticket given back by a pop that is dropped: a wake-up it received and did
     /// not use goes to the next waiting popper while items are left (invariant 2).
     pub(crate) fn leave_poppers(&self, ticket: &mut Option<Ticket>) {
+        let mut after = WakeAfterUnlock::default();
         let mut inner = self.lock();
-        let waker = match inner.poppers.leave(ticket) {
-            Some(Left::Notified) if !inner.buf.is_empty() => inner.poppers.notify_one(),
-            _ => None,
-        };
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
+        match inner.poppers.leave(ticket) {
+            Some(Left::Notified) if !inner.buf.is_empty() => {
+                after.add(inner.poppers.notify_one());
+            }
+            left => after.leave(left),
         }
+        drop(inner);
+        after.wake();
     }
 
     /// Closes the queue. Returns `true` if this call closed it.

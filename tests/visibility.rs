@@ -135,7 +135,69 @@ async fn producers_share_one_pipeline(sp: Sp) {
     assert_eq!(producer.try_push(8), PushOutcome::Closed(8));
 }
 
+async fn live_stats_never_tear(sp: Sp) {
+    // A capacity-1 queue that fills and empties on every item, a producer thread shedding,
+    // and samples taken meanwhile: no counter goes backwards, and no snapshot shows more
+    // items finished than produced.
+    let pipeline = Arc::new(
+        Pipeline::builder(1, Policy::DropNewest)
+            .workers(2)
+            .spawn(sp, |_: u32| async {})
+            .unwrap(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = std::thread::spawn({
+        let (producer, stop) = (pipeline.producer(), stop.clone());
+        move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = producer.try_push(i);
+                i += 1;
+            }
+        }
+    });
+    let mut last = pipeline.stats();
+    for _ in 0..20_000 {
+        let now = pipeline.stats();
+        assert!(now.produced >= last.produced, "{last:?} then {now:?}");
+        assert!(now.processed >= last.processed, "{last:?} then {now:?}");
+        assert!(now.dropped >= last.dropped, "{last:?} then {now:?}");
+        assert!(now.time_full >= last.time_full, "{last:?} then {now:?}");
+        assert!(now.peak_depth >= last.peak_depth, "{last:?} then {now:?}");
+        assert!(
+            now.produced >= now.processed + now.dropped + now.panicked,
+            "{now:?}"
+        );
+        assert!(now.depth <= 1, "{now:?}");
+        last = now;
+        if last.processed == 0 {
+            // Let the workers in on a one-thread runtime.
+            common_yield().await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    producer.join().unwrap();
+    let pipeline = Arc::try_unwrap(pipeline).expect("the only handle");
+    assert!(pipeline.shutdown().await.is_conserved());
+}
+
+/// Yields once to the runtime.
+async fn common_yield() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
 on_every_runtime!(
+    live_stats_never_tear,
     stats_are_live,
     shed_hook_sees_every_shed_item,
     producers_share_one_pipeline

@@ -52,13 +52,19 @@ pub(crate) struct WaitList {
 }
 
 /// What a ticket's holder finds when it comes back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Left {
-    /// It was still in line; it has left it now.
-    Waiting,
+    /// It was still in line; it has left it now. Its waker is handed back, to be dropped
+    /// after the buffer lock is released (a waker is user code).
+    Waiting(Waker),
     /// It had been taken out of line to be woken: the notification was its.
     Notified,
 }
+
+/// [`WaitList::wait`] needs a clone of the waker, which the caller makes with the buffer
+/// lock released (cloning a waker is user code), before calling again.
+#[derive(Debug)]
+pub(crate) struct NeedsWaker;
 
 impl WaitList {
     /// Whether a task is in line and not yet notified.
@@ -78,15 +84,26 @@ impl WaitList {
     /// Puts the caller in line, or, if its ticket is still in line, refreshes its waker in
     /// place (keeping its turn). A ticket that was notified must have been given back with
     /// [`leave`](WaitList::leave) first.
-    pub(crate) fn wait(&mut self, ticket: &mut Option<Ticket>, waker: &Waker) {
+    ///
+    /// The waker stored is `spare`, a clone the caller made outside the lock; without one,
+    /// and unless the waker in line already wakes the same task, this asks for it
+    /// ([`NeedsWaker`]). Returns the waker it displaced, to be dropped after unlocking.
+    pub(crate) fn wait(
+        &mut self,
+        ticket: &mut Option<Ticket>,
+        waker: &Waker,
+        spare: &mut Option<Waker>,
+    ) -> Result<Option<Waker>, NeedsWaker> {
         if let Some(held) = *ticket {
             if let Some(State::Waiting(old)) = self.state_mut(held) {
-                if !old.will_wake(waker) {
-                    old.clone_from(waker);
+                if old.will_wake(waker) {
+                    return Ok(None);
                 }
-                return;
+                let new = spare.take().ok_or(NeedsWaker)?;
+                return Ok(Some(std::mem::replace(old, new)));
             }
         }
+        let new = spare.take().ok_or(NeedsWaker)?;
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -98,7 +115,7 @@ impl WaitList {
             }
         };
         let entry = &mut self.slots[slot];
-        entry.state = State::Waiting(waker.clone());
+        entry.state = State::Waiting(new);
         let held = Ticket {
             slot,
             generation: entry.generation,
@@ -106,6 +123,7 @@ impl WaitList {
         self.line.push_back(held);
         self.waiting += 1;
         *ticket = Some(held);
+        Ok(None)
     }
 
     /// Gives a ticket back: leaves the line if still in it, and says whether the ticket had
@@ -117,9 +135,9 @@ impl WaitList {
             return None;
         }
         let left = match std::mem::replace(&mut entry.state, State::Free) {
-            State::Waiting(_) => {
+            State::Waiting(waker) => {
                 self.waiting -= 1;
-                Left::Waiting
+                Left::Waiting(waker)
             }
             State::Notified => Left::Notified,
             State::Free => return None,
@@ -179,69 +197,101 @@ mod tests {
     use super::*;
     use std::task::Waker;
 
+    /// Waits with a fresh clone of the no-op waker, as a caller does after `NeedsWaker`.
+    fn wait(list: &mut WaitList, ticket: &mut Option<Ticket>) {
+        let mut spare = Some(Waker::noop().clone());
+        list.wait(ticket, Waker::noop(), &mut spare).unwrap();
+    }
+
+    fn left_waiting(left: Option<Left>) -> bool {
+        matches!(left, Some(Left::Waiting(_)))
+    }
+
+    fn left_notified(left: Option<Left>) -> bool {
+        matches!(left, Some(Left::Notified))
+    }
+
     #[test]
     fn wake_ups_are_additional() {
         let mut list = WaitList::default();
         let (mut a, mut b) = (None, None);
-        list.wait(&mut a, Waker::noop());
-        list.wait(&mut b, Waker::noop());
+        wait(&mut list, &mut a);
+        wait(&mut list, &mut b);
         // `a` is notified and never comes back; the next notification goes to `b`.
         assert!(list.notify_one().is_some());
         assert!(list.has_waiting());
         assert!(list.notify_one().is_some());
         assert!(!list.has_waiting());
         assert!(list.notify_one().is_none());
-        assert_eq!(list.leave(&mut a), Some(Left::Notified));
-        assert_eq!(list.leave(&mut b), Some(Left::Notified));
+        assert!(left_notified(list.leave(&mut a)));
+        assert!(left_notified(list.leave(&mut b)));
     }
 
     #[test]
     fn fifo_and_refresh_keeps_the_turn() {
         let mut list = WaitList::default();
         let (mut a, mut b) = (None, None);
-        list.wait(&mut a, Waker::noop());
-        list.wait(&mut b, Waker::noop());
+        wait(&mut list, &mut a);
+        wait(&mut list, &mut b);
         let first = a;
-        list.wait(&mut a, Waker::noop()); // polled again while waiting
+        // Polled again while waiting with another task's waker: it replaces the one in line
+        // (the old one comes back, to be dropped unlocked), and the turn is kept.
+        struct Task;
+        impl std::task::Wake for Task {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let task = Waker::from(std::sync::Arc::new(Task));
+        let mut spare = Some(task.clone());
+        assert!(matches!(list.wait(&mut a, &task, &mut spare), Ok(Some(_))));
+        // Again with the same task's waker: nothing to clone, nothing displaced.
+        assert!(matches!(list.wait(&mut a, &task, &mut None), Ok(None)));
         assert_eq!(a, first);
         list.notify_one();
-        assert_eq!(list.leave(&mut a), Some(Left::Notified));
-        assert_eq!(list.leave(&mut b), Some(Left::Waiting));
+        assert!(left_notified(list.leave(&mut a)));
+        assert!(left_waiting(list.leave(&mut b)));
         assert!(list.notify_one().is_none());
+    }
+
+    #[test]
+    fn a_new_place_in_line_asks_for_a_waker() {
+        let mut list = WaitList::default();
+        let mut a = None;
+        assert!(list.wait(&mut a, Waker::noop(), &mut None).is_err());
+        assert!(a.is_none() && !list.has_waiting());
     }
 
     #[test]
     fn cancelled_waiters_do_not_grow_the_line() {
         let mut list = WaitList::default();
         let mut keep = None;
-        list.wait(&mut keep, Waker::noop());
+        wait(&mut list, &mut keep);
         let mut others: Vec<Option<Ticket>> = vec![None; 8];
         for _ in 0..10_000 {
             for t in &mut others {
-                list.wait(t, Waker::noop());
+                wait(&mut list, t);
             }
             // Leave oldest first, so no entry is at the back when it leaves.
             for t in &mut others {
-                assert_eq!(list.leave(t), Some(Left::Waiting));
+                assert!(left_waiting(list.leave(t)));
             }
             assert!(list.line.len() <= 2 * list.waiting + 16 + others.len());
         }
         assert!(list.slots.len() <= 1 + others.len());
         assert!(list.notify_one().is_some());
-        assert_eq!(list.leave(&mut keep), Some(Left::Notified));
+        assert!(left_notified(list.leave(&mut keep)));
     }
 
     #[test]
     fn stale_tickets_match_nothing() {
         let mut list = WaitList::default();
         let mut a = None;
-        list.wait(&mut a, Waker::noop());
+        wait(&mut list, &mut a);
         let stale = a;
         list.leave(&mut a);
         let mut b = None;
-        list.wait(&mut b, Waker::noop()); // reuses the slot
+        wait(&mut list, &mut b); // reuses the slot
         let mut stale = stale;
-        assert_eq!(list.leave(&mut stale), None);
+        assert!(list.leave(&mut stale).is_none());
         assert!(list.has_waiting());
     }
 }
