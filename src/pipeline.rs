@@ -7,11 +7,15 @@
 //!    counts the first two under its lock, so the three add up even while an unresponsive
 //!    worker still runs. A popped item ends processed, panicked, or abandoned (its worker was
 //!    stopped or is unresponsive).
-//! 2. Every spawned worker has a slot with its abort handle and the receiving end of its
-//!    outcome; the worker sends its outcome only after its future has been dropped, so a
-//!    joined worker holds nothing of the pipeline's.
-//! 3. The report is computed once, under the state lock, after the queue is closed and every
-//!    worker is joined or declared unresponsive; later calls return the same report.
+//! 2. Every spawned worker has an abort handle and sends its outcome over a oneshot only
+//!    after its future has been dropped, so a joined worker holds nothing of the
+//!    pipeline's. Outcomes are recorded where every `shutdown` call sees them.
+//! 3. The state lock is never held across an `.await`: each `shutdown` call waits on its
+//!    own, to instants recorded once (the first call's start, the first call to find the
+//!    deadline passed, the abort), so a call kept without being polled holds up no other,
+//!    and a resumed call keeps the bound. The report is computed once, under the state
+//!    lock, after the queue is closed and every worker is joined or declared unresponsive;
+//!    later calls return the same report.
 
 mod builder;
 mod producer;
@@ -19,8 +23,7 @@ mod report;
 mod worker;
 
 use std::fmt;
-use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{self, Either, FutureExt};
@@ -32,10 +35,9 @@ pub use report::{BuildError, OnPanic, Report, StopCause};
 use crate::policy::{Policy, PushOutcome};
 use crate::spawner::Spawner;
 use crate::stats::{QueueStats, Stats};
-use crate::sync::Ordering;
 use crate::watchdog;
 use producer::Shared;
-use worker::{poll_join, Exit, Slot};
+use worker::{Exit, Workers};
 
 /// A bounded queue fed by producers and drained by N workers, with a structured shutdown.
 ///
@@ -82,18 +84,34 @@ pub struct Pipeline<T> {
     deadline: Duration,
     grace: Duration,
     unresponsive_after: Duration,
-    state: async_lock::Mutex<State>,
+    workers: Workers,
+    /// Never held across an `.await`: concurrent and resumed `shutdown` calls each wait on
+    /// their own, on instants recorded here (invariant 3).
+    state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    workers: Vec<Slot>,
     /// When the first `shutdown` call began; the deadline counts from here.
     begun: Option<Instant>,
-    cause: Option<StopCause>,
-    /// Set once any call finds the deadline passed, so a resumed call reports it too.
+    /// When a call first found the deadline passed with workers still running, and the
+    /// waits that follow from there.
+    overtime: Option<Overtime>,
+    /// When the workers still running after the grace were aborted.
+    aborted_at: Option<Instant>,
+    /// Set if items were left when the deadline passed.
     deadline_exceeded: bool,
     report: Option<Report>,
+}
+
+/// The waits after the deadline, decided once by the first call to find it passed.
+#[derive(Debug, Clone, Copy)]
+struct Overtime {
+    at: Instant,
+    /// Before the abort: the grace (with work left), or the whole bound (with none).
+    wait: Duration,
+    /// After the abort, before naming the rest unresponsive.
+    after_abort: Duration,
 }
 
 impl<T: Send + 'static> Pipeline<T> {
@@ -326,77 +344,111 @@ impl<T: Send + 'static> Pipeline<T> {
     /// # }).unwrap();
     /// ```
     pub async fn shutdown(&self) -> Report {
-        let mut state = self.state.lock().await;
-        if let Some(report) = &state.report {
-            return report.clone();
-        }
-        let begun = *state.begun.get_or_insert_with(Instant::now);
-        if state.cause.is_none() {
-            // Relaxed: a panic's stop is ordered before the workers' exit, which the joins
-            // below observe; read early here, it may miss one racing with this call.
-            state.cause = Some(if self.shared.stopped_by_panic.load(Ordering::Relaxed) {
-                StopCause::Panic
-            } else if self.shared.stop.is_cancelled() {
-                StopCause::External
-            } else {
-                StopCause::Shutdown
-            });
-        }
-        // Stop intake and close the queue (the stop token's hook closes it too): pushes from
-        // here on get their item back, and every waiting producer and popper is woken.
+        let begun = {
+            let mut state = self.lock_state();
+            if let Some(report) = &state.report {
+                return report.clone();
+            }
+            *state.begun.get_or_insert_with(Instant::now)
+        };
+        // The first stop names the cause; a parent's cancel or a panic stop may have come
+        // first. Then stop intake and close the queue (the stop token's hook closes it):
+        // pushes from here on get their item back, and every waiting producer and popper is
+        // woken.
+        self.shared.set_cause(StopCause::Shutdown);
         self.shared.stop.cancel();
         self.shared.queue.close();
         // The workers drain the bounded backlog until the deadline.
-        let remaining = self.deadline.saturating_sub(begun.elapsed());
-        if !self.join_within(&mut state.workers, remaining).await {
-            // The deadline is exceeded only if items are left. Workers still running with
-            // nothing left to do were woken by close and are on their way out (a zero
-            // deadline meets them there): they get the whole bound before any abort.
-            let (wait, after_abort) = if self.shared.backlog_left() {
-                state.deadline_exceeded = true;
-                // Cooperative first: workers take no new item and may watch the token.
-                self.shared.worker_token.cancel();
-                (self.grace, self.unresponsive_after)
-            } else {
-                let whole = self.grace.saturating_add(self.unresponsive_after);
-                (whole, Duration::ZERO)
-            };
-            if !self.join_within(&mut state.workers, wait).await {
-                for slot in state.workers.iter().filter(|s| s.outcome.is_none()) {
-                    slot.abort.abort();
-                }
+        if !self.join_until(begun.checked_add(self.deadline)).await {
+            let overtime = self.overtime();
+            if !self
+                .join_until(overtime.at.checked_add(overtime.wait))
+                .await
+            {
+                let aborted_at = *self.lock_state().aborted_at.get_or_insert_with(|| {
+                    self.workers.abort_unjoined();
+                    Instant::now()
+                });
                 // Those still running after this are unresponsive (blocked in synchronous
                 // code); they are named in the report, not awaited forever.
-                self.join_within(&mut state.workers, after_abort).await;
+                self.join_until(aborted_at.checked_add(overtime.after_abort))
+                    .await;
             }
         }
-        let (left, queue) = self.shared.queue.take_all();
-        #[cfg(feature = "tracing")]
-        self.shared.shed_log.finish();
-        let report = self.report(&state, left.len() as u64, &queue);
-        state.report = Some(report.clone());
-        drop(state);
-        // Counts first, user code after (an item's `Drop` may panic): the report is committed,
-        // and a panic here reaches this caller, while later calls return the report.
-        drop(left);
-        report
+        self.finish()
     }
 
-    /// Waits until every worker has sent its outcome or `limit` has passed; returns whether
-    /// all have.
-    async fn join_within(&self, workers: &mut [Slot], limit: Duration) -> bool {
-        let joined = future::poll_fn(|cx| poll_join(workers, cx));
+    /// The waits after the deadline, decided by the first call to find it passed. The
+    /// deadline is exceeded only if items are left; workers still running with nothing
+    /// left to do were woken by close and are on their way out (a zero deadline meets them
+    /// there): they get the whole bound before any abort.
+    fn overtime(&self) -> Overtime {
+        let mut state = self.lock_state();
+        if let Some(overtime) = state.overtime {
+            return overtime;
+        }
+        let overtime = if self.shared.backlog_left() {
+            state.deadline_exceeded = true;
+            // Cooperative first: workers take no new item and may watch the token.
+            self.shared.worker_token.cancel();
+            Overtime {
+                at: Instant::now(),
+                wait: self.grace,
+                after_abort: self.unresponsive_after,
+            }
+        } else {
+            Overtime {
+                at: Instant::now(),
+                wait: self.grace.saturating_add(self.unresponsive_after),
+                after_abort: Duration::ZERO,
+            }
+        };
+        state.overtime = Some(overtime);
+        overtime
+    }
+
+    /// Waits until every worker has sent its outcome or `until` has passed (`None`: no
+    /// limit); returns whether all have.
+    async fn join_until(&self, until: Option<Instant>) -> bool {
+        let Some(joined) = self.workers.joined() else {
+            return true;
+        };
+        let Some(until) = until else {
+            joined.await;
+            return true;
+        };
+        let limit = until.saturating_duration_since(Instant::now());
         if limit.is_zero() {
             // Poll once: workers that already ended are joined, nothing waits.
-            return joined.now_or_never().is_some();
+            return joined.now_or_never().is_some() || self.workers.all_joined();
         }
         // The runtime's timer, raced with a thread of our own: a watchdog must not depend on
         // what it watches, and the runtime's timer stops when its threads are all blocked.
         let timer = future::select(self.spawner.sleep(limit), watchdog::sleep(limit));
-        match future::select(pin!(joined), timer).await {
+        match future::select(joined, timer).await {
             Either::Left(_) => true,
-            Either::Right(_) => workers.iter().all(|s| s.outcome.is_some()),
+            Either::Right(_) => self.workers.all_joined(),
         }
+    }
+
+    /// Takes what is left in the queue, computes the report once (invariant 3), and only
+    /// then runs user code: the `tracing` subscriber's summary, and the leftovers' `Drop`.
+    fn finish(&self) -> Report {
+        let mut state = self.lock_state();
+        if let Some(report) = &state.report {
+            return report.clone();
+        }
+        let (left, queue) = self.shared.queue.take_all();
+        let report = self.report(&state, left.len() as u64, &queue);
+        state.report = Some(report.clone());
+        drop(state);
+        // Counts first, user code after (a subscriber or an item's `Drop` may panic): the
+        // report is committed, and a panic here reaches this caller, while later calls
+        // return the report.
+        #[cfg(feature = "tracing")]
+        self.shared.shed_log.finish();
+        drop(left);
+        report
     }
 
     fn report(&self, state: &State, left_in_queue: u64, queue: &QueueStats) -> Report {
@@ -409,30 +461,38 @@ impl<T: Send + 'static> Pipeline<T> {
         let in_flight = queue
             .popped
             .saturating_sub(stats.processed + stats.panicked);
-        let outcomes = state.workers.iter().filter_map(|s| s.outcome);
-        let joined = outcomes.clone().count();
+        let outcomes = self.workers.outcomes();
+        let joined = outcomes.iter().flatten().count();
         let aborted = outcomes
+            .iter()
+            .flatten()
             .filter(|o| matches!(o, Exit::Aborted | Exit::Lost))
             .count();
+        let spawned = self.workers.spawned();
         Report {
             produced: stats.produced,
             processed: stats.processed,
             dropped: stats.dropped,
             abandoned: left_in_queue + in_flight,
             panicked: stats.panicked,
-            workers_spawned: state.workers.len(),
+            workers_spawned: spawned,
             workers_joined: joined,
             workers_aborted: aborted,
-            workers_unresponsive: state.workers.len() - joined,
-            cause: state.cause.unwrap_or(StopCause::Shutdown),
+            workers_unresponsive: spawned - joined,
+            cause: self.shared.cause().unwrap_or(StopCause::Shutdown),
             deadline_exceeded: state.deadline_exceeded,
         }
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // Held for a few instructions, with no user code; a poisoned one is still valid.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl<T> Drop for Pipeline<T> {
     fn drop(&mut self) {
-        let state = self.state.get_mut();
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         if state.report.is_some() {
             return;
         }
@@ -441,9 +501,7 @@ impl<T> Drop for Pipeline<T> {
         self.shared.stop.cancel();
         self.shared.worker_token.cancel();
         self.shared.queue.close();
-        for slot in &state.workers {
-            slot.abort.abort();
-        }
+        self.workers.abort_unjoined();
         // Release the backlog now, not when the last `Producer` handle goes: an item may
         // hold a reply channel that someone awaits.
         drop(self.shared.queue.take_all().0);

@@ -2,18 +2,18 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::producer::{Shared, ShedHook};
 use super::report::BuildError;
-use super::worker::spawn_worker;
-use super::{OnPanic, Pipeline, State};
+use super::worker::{spawn_worker, Workers};
+use super::{OnPanic, Pipeline, State, StopCause};
 use crate::cancel::CancellationToken;
 use crate::policy::{ConfigError, Policy};
 use crate::queue::Queue;
 use crate::spawner::Spawner;
-use crate::sync::{AtomicBool, AtomicU64};
+use crate::sync::{AtomicU64, AtomicU8};
 
 /// Configures and starts a [`Pipeline`]. Made by [`Pipeline::builder`].
 ///
@@ -290,15 +290,18 @@ impl<T: Send + 'static> PipelineBuilder<T> {
             panicked: AtomicU64::new(0),
             on_shed: self.on_shed,
             on_panic: self.on_panic,
-            stopped_by_panic: AtomicBool::new(false),
+            cause: AtomicU8::new(0),
             #[cfg(feature = "tracing")]
             shed_log: crate::shed_log::ShedLog::new(),
         });
         // Every stop releases every waiter at once: whoever cancels the stop token (shutdown,
         // the parent, a panic stop, a dropped pipeline), the queue closes in that call.
         let weak = Arc::downgrade(&shared);
+        // Shutdown and a panic stop record their cause before they cancel; anything else that
+        // cancels it is the parent (or a dropped pipeline, which reports nothing).
         shared.stop.on_cancel(Box::new(move || {
             if let Some(shared) = weak.upgrade() {
+                shared.set_cause(StopCause::External);
                 shared.queue.close();
             }
         }));
@@ -311,12 +314,14 @@ impl<T: Send + 'static> PipelineBuilder<T> {
             deadline: self.deadline,
             grace: self.grace,
             unresponsive_after: self.unresponsive_after,
-            state: async_lock::Mutex::new(State::default()),
+            workers: Workers::new(),
+            state: Mutex::new(State::default()),
         };
         for _ in 0..self.workers {
-            let slot = spawn_worker(&pipeline.spawner, pipeline.shared.clone(), work.clone())?;
-            pipeline.state.get_mut().workers.push(slot);
+            let worker = spawn_worker(&pipeline.spawner, pipeline.shared.clone(), work.clone())?;
+            pipeline.workers.add(worker);
         }
+        pipeline.workers.seal();
         Ok(pipeline)
     }
 }

@@ -4,12 +4,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::OnPanic;
+use super::{OnPanic, StopCause};
 use crate::cancel::CancellationToken;
 use crate::policy::PushOutcome;
 use crate::queue::Queue;
 use crate::stats::{QueueStats, Stats};
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicU64, AtomicU8, Ordering};
 
 /// The hook called with each shed or evicted item.
 pub(super) type ShedHook<T> = Box<dyn Fn(&T) + Send + Sync>;
@@ -24,8 +24,8 @@ pub(super) struct Shared<T> {
     pub(super) panicked: AtomicU64,
     pub(super) on_shed: Option<ShedHook<T>>,
     pub(super) on_panic: OnPanic,
-    /// Set when a panic stopped the pipeline ([`OnPanic::StopPipeline`]).
-    pub(super) stopped_by_panic: AtomicBool,
+    /// What stopped the pipeline first (`StopCause` as `cause_code`; 0 until then).
+    pub(super) cause: AtomicU8,
     #[cfg(feature = "tracing")]
     pub(super) shed_log: crate::shed_log::ShedLog,
 }
@@ -46,11 +46,33 @@ impl<T> Shared<T> {
     /// The first panic under [`OnPanic::StopPipeline`]: stop intake, close the queue, and
     /// tell the workers to take no new item. Shutdown then finds them gone.
     pub(super) fn stop_on_panic(&self) {
-        // Relaxed: read by shutdown after joining the workers, which orders it.
-        self.stopped_by_panic.store(true, Ordering::Relaxed);
+        self.set_cause(StopCause::Panic);
         self.stop.cancel();
         self.worker_token.cancel();
         self.queue.close();
+    }
+
+    /// Records what stopped the pipeline, unless something stopped it first.
+    pub(super) fn set_cause(&self, cause: StopCause) {
+        let code = match cause {
+            StopCause::Shutdown => 1,
+            StopCause::External => 2,
+            StopCause::Panic => 3,
+        };
+        // Relaxed: first writer wins, and the report reads it under the state lock after
+        // shutdown's own write.
+        let _ = self
+            .cause
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub(super) fn cause(&self) -> Option<StopCause> {
+        match self.cause.load(Ordering::Relaxed) {
+            1 => Some(StopCause::Shutdown),
+            2 => Some(StopCause::External),
+            3 => Some(StopCause::Panic),
+            _ => None,
+        }
     }
 
     /// Makes loss visible beyond the returned item: the hook, and the log. Runs in the

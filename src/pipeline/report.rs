@@ -115,7 +115,7 @@ impl fmt::Display for Report {
     }
 }
 
-/// What started a pipeline's shutdown.
+/// What started a pipeline's shutdown: the first of the stops, whichever comes later.
 ///
 /// # Examples
 ///

@@ -5,24 +5,16 @@
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_channel::oneshot;
-use futures_util::future::{AbortHandle, Abortable, Aborted, FutureExt};
+use futures_util::future::{self, AbortHandle, Abortable, Aborted, FutureExt};
 
 use super::producer::Shared;
 use super::OnPanic;
-use crate::spawner::{SpawnError, Spawner};
+use crate::spawner::{BoxFuture, SpawnError, Spawner};
 use crate::sync::Ordering;
-
-/// A spawned worker (invariant 2).
-pub(super) struct Slot {
-    pub(super) abort: AbortHandle,
-    /// `Some` until the worker's outcome arrives.
-    exit: Option<oneshot::Receiver<Exit>>,
-    pub(super) outcome: Option<Exit>,
-}
 
 /// How a worker's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,25 +29,105 @@ pub(super) enum Exit {
     Panicked,
 }
 
-/// Polls every worker not yet joined; ready when all are.
-pub(super) fn poll_join(workers: &mut [Slot], cx: &mut Context<'_>) -> Poll<()> {
-    let mut pending = false;
-    for slot in workers.iter_mut() {
-        if let Some(exit) = &mut slot.exit {
-            match exit.poll_unpin(cx) {
-                Poll::Ready(outcome) => {
-                    // A dropped sender means the runtime dropped the task unfinished.
-                    slot.outcome = Some(outcome.unwrap_or(Exit::Lost));
-                    slot.exit = None;
+/// The pipeline's workers: their abort handles, and their outcomes as they arrive.
+///
+/// Any number of `shutdown` calls wait on the same join (a `futures` `Shared` future, which wakes
+/// every caller), and each outcome is written where every call sees it, so a call that is
+/// kept without being polled holds up no other.
+pub(super) struct Workers {
+    aborts: Vec<AbortHandle>,
+    /// The workers' outcome channels, until [`seal`](Workers::seal) hands them to the join.
+    exits: Vec<oneshot::Receiver<Exit>>,
+    /// Each worker's outcome, once it has arrived (invariant 2).
+    outcomes: Arc<Mutex<Vec<Option<Exit>>>>,
+    /// Ready when every outcome has arrived.
+    joined: Option<future::Shared<BoxFuture>>,
+}
+
+impl Workers {
+    pub(super) fn new() -> Workers {
+        Workers {
+            aborts: Vec::new(),
+            exits: Vec::new(),
+            outcomes: Arc::default(),
+            joined: None,
+        }
+    }
+
+    pub(super) fn add(&mut self, (abort, exit): (AbortHandle, oneshot::Receiver<Exit>)) {
+        self.aborts.push(abort);
+        self.exits.push(exit);
+    }
+
+    /// Once every worker is spawned: the join that any number of callers can wait on.
+    pub(super) fn seal(&mut self) {
+        let mut exits: Vec<Option<oneshot::Receiver<Exit>>> =
+            self.exits.drain(..).map(Some).collect();
+        let outcomes = self.outcomes.clone();
+        lock(&outcomes).resize(exits.len(), None);
+        let join = future::poll_fn(move |cx: &mut Context<'_>| {
+            let mut pending = false;
+            for (i, slot) in exits.iter_mut().enumerate() {
+                let Some(exit) = slot else { continue };
+                match exit.poll_unpin(cx) {
+                    Poll::Ready(outcome) => {
+                        // A dropped sender means the runtime dropped the task unfinished.
+                        lock(&outcomes)[i] = Some(outcome.unwrap_or(Exit::Lost));
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
                 }
-                Poll::Pending => pending = true,
+            }
+            if pending {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        });
+        let join: BoxFuture = Box::pin(join);
+        self.joined = Some(join.shared());
+    }
+
+    /// A future ready when every worker has ended; `None` before [`seal`](Workers::seal).
+    pub(super) fn joined(&self) -> Option<future::Shared<BoxFuture>> {
+        self.joined.clone()
+    }
+
+    /// The outcomes that have arrived, in spawn order.
+    pub(super) fn outcomes(&self) -> Vec<Option<Exit>> {
+        lock(&self.outcomes).clone()
+    }
+
+    pub(super) fn all_joined(&self) -> bool {
+        lock(&self.outcomes).iter().all(Option::is_some)
+    }
+
+    pub(super) fn spawned(&self) -> usize {
+        self.aborts.len()
+    }
+
+    /// Aborts every worker whose outcome has not arrived (all of them, before `seal`).
+    pub(super) fn abort_unjoined(&self) {
+        let outcomes = lock(&self.outcomes);
+        for (i, abort) in self.aborts.iter().enumerate() {
+            if outcomes.get(i).is_none_or(Option::is_none) {
+                abort.abort();
             }
         }
     }
-    if pending {
-        Poll::Pending
-    } else {
-        Poll::Ready(())
+}
+
+fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
+    // Held for a few instructions, with no user code; a poisoned one is still valid.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Drops a value that is user code (an item, a panic payload, a future holding them)
+/// without letting a panic in its `Drop` unwind further: such a panic's own payload is
+/// forgotten, not dropped, since its `Drop` could panic in turn.
+pub(super) fn drop_quietly<V>(value: V) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        std::mem::forget(payload);
     }
 }
 
@@ -64,7 +136,7 @@ pub(super) fn spawn_worker<T, S, F, Fut>(
     spawner: &S,
     shared: Arc<Shared<T>>,
     work: Arc<F>,
-) -> Result<Slot, SpawnError>
+) -> Result<(AbortHandle, oneshot::Receiver<Exit>), SpawnError>
 where
     T: Send + 'static,
     S: Spawner,
@@ -79,21 +151,20 @@ where
         let outcome = match worker.as_mut().await {
             Ok(Ok(())) => Exit::Finished,
             Ok(Err(Aborted)) => Exit::Aborted,
-            Err(_) => Exit::Panicked,
+            Err(payload) => {
+                drop_quietly(payload);
+                Exit::Panicked
+            }
         };
         // Drop the worker future before sending the outcome: a joined worker holds no item,
         // no closure and no reference to the pipeline. An aborted worker drops the item it
         // held here, and an item's `Drop` is user code: a panic in it is caught (the item
         // is counted abandoned already), so the outcome is still sent.
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(worker)));
+        drop_quietly(worker);
         let _ = sender.send(outcome);
     };
     spawner.spawn(Box::pin(task))?;
-    Ok(Slot {
-        abort,
-        exit: Some(exit),
-        outcome: None,
-    })
+    Ok((abort, exit))
 }
 
 /// One worker: pops items and runs `work` on each until the queue is closed and empty, or
@@ -124,8 +195,10 @@ where
             Ok(()) => {
                 shared.processed.fetch_add(1, Ordering::Release);
             }
-            Err(_) => {
+            Err(payload) => {
                 shared.panicked.fetch_add(1, Ordering::Release);
+                // The payload is user code too: a `Drop` that panics must not end the worker.
+                drop_quietly(payload);
                 if shared.on_panic == OnPanic::StopPipeline {
                     shared.stop_on_panic();
                 }
