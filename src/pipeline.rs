@@ -23,6 +23,7 @@ mod report;
 mod worker;
 
 use std::fmt;
+use std::panic::resume_unwind;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ use crate::spawner::Spawner;
 use crate::stats::{QueueStats, Stats};
 use crate::watchdog;
 use producer::Shared;
-use worker::{Exit, Workers};
+use worker::{drop_each, Exit, Workers};
 
 /// A bounded queue fed by producers and drained by N workers, with a structured shutdown.
 ///
@@ -316,8 +317,9 @@ impl<T: Send + 'static> Pipeline<T> {
     ///
     /// # Panics
     ///
-    /// Items left in the queue are dropped after the report is committed; if an item's
-    /// `Drop` panics, the panic surfaces here, and a later or concurrent call returns the
+    /// Items left in the queue are dropped after the report is committed, each one even if
+    /// another's `Drop` panics; then the first such panic (or one from a `tracing`
+    /// subscriber's summary line) surfaces here, and a later or concurrent call returns the
     /// committed report.
     ///
     /// # Cancel safety
@@ -443,11 +445,19 @@ impl<T: Send + 'static> Pipeline<T> {
         state.report = Some(report.clone());
         drop(state);
         // Counts first, user code after (a subscriber or an item's `Drop` may panic): the
-        // report is committed, and a panic here reaches this caller, while later calls
-        // return the report.
+        // report is committed, every item is dropped, and then the first panic reaches this
+        // caller, while later calls return the report.
         #[cfg(feature = "tracing")]
-        self.shared.shed_log.finish();
-        drop(left);
+        let summary = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.shared.shed_log.finish();
+        }))
+        .err();
+        #[cfg(not(feature = "tracing"))]
+        let summary = None;
+        let dropped = drop_each(left);
+        if let Some(payload) = summary.or(dropped) {
+            resume_unwind(payload);
+        }
         report
     }
 
@@ -503,8 +513,15 @@ impl<T> Drop for Pipeline<T> {
         self.shared.queue.close();
         self.workers.abort_unjoined();
         // Release the backlog now, not when the last `Producer` handle goes: an item may
-        // hold a reply channel that someone awaits.
-        drop(self.shared.queue.take_all().0);
+        // hold a reply channel that someone awaits. Each item is dropped; the first panic in
+        // an item's `Drop` surfaces here, unless this drop is itself part of an unwind.
+        if let Some(payload) = drop_each(self.shared.queue.take_all().0) {
+            if std::thread::panicking() {
+                std::mem::forget(payload);
+            } else {
+                resume_unwind(payload);
+            }
+        }
     }
 }
 

@@ -263,6 +263,23 @@ async fn a_panicking_drop_at_shutdown_keeps_the_law(sp: Sp) {
     assert!(report.is_conserved(), "{report}");
 }
 
+async fn two_panicking_drops_at_shutdown_surface_one_panic(sp: Sp) {
+    // Two leftovers whose `Drop` panics: each is dropped on its own, so the second panic
+    // never meets the first in one unwind (which would abort the process).
+    let pipeline = fragile_pipeline(sp);
+    fill_fragile(&pipeline).await;
+    let item = Fragile {
+        id: 3,
+        panic_on_drop: true,
+    };
+    assert!(pipeline.push(item).await.is_accepted());
+    let first = AssertUnwindSafe(pipeline.shutdown()).catch_unwind().await;
+    assert!(first.is_err(), "the first panic surfaces");
+    let report = pipeline.shutdown().await;
+    assert_eq!((report.produced, report.abandoned), (4, 4), "{report}");
+    assert!(report.is_conserved(), "{report}");
+}
+
 async fn concurrent_shutdowns_agree_when_a_drop_panics(sp: Sp) {
     let pipeline = fragile_pipeline(sp);
     fill_fragile(&pipeline).await;
@@ -358,6 +375,7 @@ on_every_runtime!(
     a_push_racing_shutdown_never_leaks,
     a_panicking_drop_at_shutdown_keeps_the_law,
     concurrent_shutdowns_agree_when_a_drop_panics,
+    two_panicking_drops_at_shutdown_surface_one_panic,
     zero_deadline_on_an_idle_pipeline_is_not_exceeded,
     zero_deadline_with_work_left_is_exceeded,
     a_spawn_that_panics_leaves_no_worker_behind,

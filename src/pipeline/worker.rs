@@ -3,6 +3,7 @@
 //! By the pipeline's invariant 2, a worker sends its outcome only after its future has been
 //! dropped, so a joined worker holds nothing of the pipeline's.
 
+use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -120,6 +121,22 @@ impl Workers {
 fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
     // Held for a few instructions, with no user code; a poisoned one is still valid.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Drops each value in turn, catching a panic in any one's `Drop` so the rest are still
+/// dropped; returns the first panic's payload (later ones are forgotten), for the caller to
+/// resume once its own work is done. Two panicking `Drop`s can never meet in one unwind.
+pub(super) fn drop_each<V>(values: impl IntoIterator<Item = V>) -> Option<Box<dyn Any + Send>> {
+    let mut first = None;
+    for value in values {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+            match first {
+                None => first = Some(payload),
+                Some(_) => std::mem::forget(payload),
+            }
+        }
+    }
+    first
 }
 
 /// Drops a value that is user code (an item, a panic payload, a future holding them)
