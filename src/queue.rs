@@ -45,10 +45,10 @@
 //! kept under the buffer lock remove that root: one lock per operation, a wake-up only when a
 //! task waits, wake-ups that add up, and FIFO producers. `examples/compare.rs` keeps the
 //! semaphore queue as a measured row ("semaphore copy"); in one `--runs 3` session
-//! (BENCHMARKS.md) the lines measured S4 45 ns per push+pop pair against the semaphore's 81,
-//! S2 2.53× against 2.13× async-channel's `force_send`, S3 0.79× against 0.61× its
-//! `try_send`, and S1 with capacity 1024 0.83–1.08× against 0.78–0.81× async-channel; only
-//! S1 with many consumers on capacity 16 came out behind (0.62× against 0.80× at 1→16).
+//! (BENCHMARKS.md) the lines measured S4 53 ns per push+pop pair against the semaphore's 87,
+//! S3 0.77× against 0.56× async-channel's `try_send`, S1 0.96–0.98× against 0.85–0.92×
+//! async-channel with capacity 1024 and 0.79–1.15× against 0.77–0.80× with capacity 16, and
+//! S2 level (2.24× against 2.02× `force_send` through `try_push`).
 
 mod futures;
 mod waiters;
