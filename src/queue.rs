@@ -471,8 +471,7 @@ impl<T> Queue<T> {
         PushOutcome::Accepted
     }
 
-    /// Waits for room and pushes (under `Block`), in one critical section per poll (two when
-    /// it starts waiting: the waker it leaves in line is cloned with the lock released).
+    /// Waits for room and pushes (under `Block`), in one critical section per poll.
     ///
     /// # Panics
     ///
@@ -484,32 +483,13 @@ impl<T> Queue<T> {
         item: &mut Option<T>,
     ) -> Poll<PushOutcome<T>> {
         assert!(item.is_some(), "a push polled after it completed");
-        // Likely to wait: clone the waker now, with no lock held, not in a second turn.
-        let mut spare = self.looks_full().then(|| cx.waker().clone());
-        // Terminates: the second turn brings the waker clone the first asked for.
-        loop {
-            let mut after = WakeAfterUnlock::default();
-            let mut inner = self.lock();
-            let step = self.room_locked(&mut inner, ticket, cx.waker(), &mut spare, &mut after);
-            let poll = match step {
-                Step::Done(room) => {
-                    let item = item.take().expect("checked on entry");
-                    Poll::Ready(match room {
-                        Ok(()) => self.push_reserved_locked(&mut inner, item, &mut after),
-                        Err(()) => PushOutcome::Closed(item),
-                    })
-                }
-                Step::Parked => Poll::Pending,
-                Step::NeedsWaker => {
-                    drop(inner);
-                    spare = Some(cx.waker().clone());
-                    continue;
-                }
-            };
-            drop(inner);
-            after.wake();
-            return poll;
-        }
+        self.poll_room(cx, ticket, |inner, room, after| {
+            let item = item.take().expect("checked on entry");
+            match room {
+                Ok(()) => self.push_reserved_locked(inner, item, after),
+                Err(()) => PushOutcome::Closed(item),
+            }
+        })
     }
 
     /// Waits for room and reserves a slot (for the sink); `Err` once the queue is closed.
@@ -518,21 +498,33 @@ impl<T> Queue<T> {
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
     ) -> Poll<Result<(), ()>> {
+        self.poll_room(cx, ticket, |_, room, _| room)
+    }
+
+    /// Waits for room (a reserved slot) or close, and runs `then` in the critical section
+    /// that found it. A wait costs one critical section: the waker left in line is cloned
+    /// before the lock is taken when the queue looks full, or else in a second turn.
+    fn poll_room<R>(
+        &self,
+        cx: &mut Context<'_>,
+        ticket: &mut Option<Ticket>,
+        then: impl FnOnce(&mut Inner<T>, Result<(), ()>, &mut WakeAfterUnlock) -> R,
+    ) -> Poll<R> {
         let mut spare = self.looks_full().then(|| cx.waker().clone());
         // Terminates: the second turn brings the waker clone the first asked for.
         loop {
             let mut after = WakeAfterUnlock::default();
             let mut inner = self.lock();
-            let step = self.room_locked(&mut inner, ticket, cx.waker(), &mut spare, &mut after);
-            let poll = match step {
-                Step::Done(room) => Poll::Ready(room),
-                Step::Parked => Poll::Pending,
-                Step::NeedsWaker => {
-                    drop(inner);
-                    spare = Some(cx.waker().clone());
-                    continue;
-                }
-            };
+            let poll =
+                match self.room_locked(&mut inner, ticket, cx.waker(), &mut spare, &mut after) {
+                    Step::Done(room) => Poll::Ready(then(&mut inner, room, &mut after)),
+                    Step::Parked => Poll::Pending,
+                    Step::NeedsWaker => {
+                        drop(inner);
+                        spare = Some(cx.waker().clone());
+                        continue;
+                    }
+                };
             drop(inner);
             after.wake();
             return poll;

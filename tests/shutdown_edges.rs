@@ -25,21 +25,6 @@ async fn within_guard<F: std::future::Future>(sp: &Sp, fut: F) -> Option<F::Outp
     }
 }
 
-/// Yields once to the runtime.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-}
-
 // ---- Faults the review found (each failed before its fix) ----
 
 /// A panic payload whose own `Drop` panics.
@@ -90,7 +75,7 @@ async fn a_second_shutdown_is_bounded_while_the_first_is_parked(sp: Sp) {
         .unwrap();
     assert!(pipeline.push(1).await.is_accepted());
     while !pipeline.is_empty() {
-        yield_now().await;
+        common::yield_now().await;
     }
     let mut first = Box::pin(pipeline.shutdown());
     assert!(futures_util::poll!(first.as_mut()).is_pending());
@@ -130,7 +115,7 @@ async fn a_parent_stop_followed_by_a_panic_reports_external(sp: Sp) {
         .unwrap();
     assert!(pipeline.push(0).await.is_accepted());
     while !pipeline.is_empty() {
-        yield_now().await;
+        common::yield_now().await;
     }
     assert!(pipeline.push(1).await.is_accepted());
     parent.cancel(); // the pipeline is stopped here, by its parent
@@ -189,7 +174,7 @@ mod tracing_subscriber_panic {
             .unwrap();
         assert!(pipeline.push(0).await.is_accepted());
         while !pipeline.is_empty() {
-            yield_now().await;
+            common::yield_now().await;
         }
         assert!(pipeline.try_push(1).is_accepted());
         assert!(matches!(
@@ -291,7 +276,7 @@ mod keep {
             .unwrap();
         assert!(pipeline.push(1).await.is_accepted());
         while !pipeline.is_empty() {
-            yield_now().await;
+            common::yield_now().await;
         }
         assert!(pipeline.push(2).await.is_accepted());
         let report = within_guard(&sp, pipeline.shutdown())

@@ -93,7 +93,7 @@ impl Rig {
         assert!(self.pipeline().push(job).await.is_accepted());
         // Terminates: a worker is idle and takes it (the watchdog bounds a bug).
         while !self.pipeline().is_empty() {
-            futures_lite_yield().await;
+            common::yield_now().await;
         }
     }
 
@@ -116,21 +116,6 @@ impl Rig {
     }
 }
 
-/// Yields once to the runtime.
-async fn futures_lite_yield() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-}
-
 async fn each_stop_releases_a_producer_parked_on_a_full_queue(sp: Sp) {
     for stop in STOPS {
         // Two workers hold a job each (one sticks, one panics on the trigger); the queue
@@ -143,7 +128,7 @@ async fn each_stop_releases_a_producer_parked_on_a_full_queue(sp: Sp) {
         let parked = common::spawn(&sp, async move { producer.push(Job::Quick).await });
         // Let the producer park (it cannot complete: the queue is full).
         for _ in 0..10 {
-            futures_lite_yield().await;
+            common::yield_now().await;
         }
         rig.stop(stop).await;
         // Released by the stop itself: no worker pops, no later push looks.
@@ -196,7 +181,7 @@ async fn a_push_racing_shutdown_never_leaks(sp: Sp) {
         let producer = rig.pipeline().producer();
         let racing = common::spawn(&sp, async move { producer.push(Job::Quick).await });
         if round % 2 == 0 {
-            futures_lite_yield().await;
+            common::yield_now().await;
         }
         let report = rig.pipeline().shutdown().await;
         let outcome = racing.await.expect("the producer's task ran to the end");
@@ -247,7 +232,7 @@ async fn fill_fragile(pipeline: &Pipeline<Fragile>) {
     let item = |id, panic_on_drop| Fragile { id, panic_on_drop };
     assert!(pipeline.push(item(0, false)).await.is_accepted());
     while !pipeline.is_empty() {
-        futures_lite_yield().await;
+        common::yield_now().await;
     }
     assert!(pipeline.push(item(1, true)).await.is_accepted());
     assert!(pipeline.push(item(2, false)).await.is_accepted());

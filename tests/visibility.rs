@@ -172,28 +172,13 @@ async fn live_stats_never_tear(sp: Sp) {
         last = now;
         if last.processed == 0 {
             // Let the workers in on a one-thread runtime.
-            common_yield().await;
+            common::yield_now().await;
         }
     }
     stop.store(true, Ordering::Relaxed);
     producer.join().unwrap();
     let pipeline = Arc::try_unwrap(pipeline).expect("the only handle");
     assert!(pipeline.shutdown().await.is_conserved());
-}
-
-/// Yields once to the runtime.
-async fn common_yield() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await;
 }
 
 on_every_runtime!(

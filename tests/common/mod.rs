@@ -236,3 +236,18 @@ impl Drop for Tracked {
         self.live.dropped.notify(usize::MAX);
     }
 }
+
+/// Yields once to the runtime: the task wakes itself and returns `Pending` once.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
