@@ -2,6 +2,9 @@
 //! shedding policy, on a runtime with one thread, lets the workers make steady progress
 //! (it yields once after 256 pushes into a full queue with no pop in between).
 
+// The one-thread runtimes here are tokio's current-thread and an `async_executor::Executor`.
+#![cfg(any(feature = "tokio", feature = "smol"))]
+
 use std::sync::Arc;
 
 use backpressure_pipeline::{Pipeline, Policy, Spawner};

@@ -6,13 +6,11 @@
 mod common;
 
 use std::future::pending;
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use backpressure_pipeline::{CancellationToken, OnPanic, Pipeline, Policy, StopCause};
 use common::Sp;
 use futures_util::future::{self, Either};
-use futures_util::FutureExt;
 
 /// Fails instead of hanging: far above any bound the tests use, far below the suite's own.
 const HANG_GUARD: Duration = Duration::from_secs(20);
@@ -181,7 +179,10 @@ mod tracing_subscriber_panic {
             pipeline.try_push(2),
             backpressure_pipeline::PushOutcome::Shed(2)
         ));
-        let first = AssertUnwindSafe(pipeline.shutdown()).catch_unwind().await;
+        let first = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            pipeline.shutdown(),
+        ))
+        .await;
         assert!(first.is_err(), "the subscriber panicked in the first call");
         let report = pipeline.shutdown().await;
         assert_eq!(report.produced, 3, "{report}");
