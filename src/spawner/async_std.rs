@@ -7,8 +7,15 @@ use super::{BoxFuture, SpawnError, Spawner};
 /// Spawns on async-std's global executor; sleeps on its timer.
 ///
 /// async-std is discontinued upstream; its authors point to smol as its successor, which
-/// this crate supports with [`SmolSpawner`](crate::SmolSpawner) and
-/// [`ExecutorSpawner`](crate::ExecutorSpawner).
+#[cfg_attr(
+    feature = "smol",
+    doc = "this crate supports with [`SmolSpawner`](crate::SmolSpawner) and \
+           [`ExecutorSpawner`](crate::ExecutorSpawner)."
+)]
+#[cfg_attr(
+    not(feature = "smol"),
+    doc = "this crate supports with `SmolSpawner` and `ExecutorSpawner` (feature `smol`)."
+)]
 ///
 /// # Examples
 ///
