@@ -3,7 +3,7 @@
 use std::error::Error;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_core::{FusedStream, Stream};
@@ -12,8 +12,10 @@ use futures_sink::Sink;
 use crate::policy::{Policy, PushOutcome};
 use crate::queue::{Queue, Ticket};
 
-/// The hook a [`PushSink`] hands shed and evicted items to.
-type ShedHook<T> = Box<dyn FnMut(T) + Send + Sync>;
+/// The hook a [`PushSink`] hands shed and evicted items to. Behind a mutex only so that the
+/// sink is `Sync` without asking the hook to be: it is reached through `&mut self`
+/// (`get_mut`), never locked.
+type ShedHook<T> = Mutex<Box<dyn FnMut(T) + Send>>;
 
 /// The consumer side of a [`Queue`] as a [`Stream`]; made by [`Queue::into_stream`].
 ///
@@ -160,11 +162,19 @@ impl<T> fmt::Debug for PopStream<T> {
 ///
 /// # Shedding (`Policy::DropNewest`, `Policy::DropOldest`)
 ///
-/// `poll_ready` is ready at once, and a send never fails because the queue is full: the
-/// shed item (the incoming one under `DropNewest`, the evicted oldest under `DropOldest`)
-/// goes to the hook set with [`on_shed`](PushSink::on_shed), and without a hook it is
-/// dropped; either way the queue counts it ([`Queue::stats`]). So `stream.forward(sink)`
-/// keeps going through overload, and the loss stays visible.
+/// `poll_ready` is ready at once (except that, like [`Queue::push`], it yields to the
+/// runtime once after 256 sends into a full queue with no pop in between, so that workers
+/// sharing the thread are not starved), and a send never fails because the queue is full:
+/// the shed item (the incoming one under `DropNewest`, the evicted oldest under
+/// `DropOldest`) goes to the hook set with [`on_shed`](PushSink::on_shed), and without a
+/// hook it is dropped; either way the queue counts it ([`Queue::stats`]). So
+/// `stream.forward(sink)` keeps going through overload, and the loss stays visible.
+///
+/// # Closing
+///
+/// `poll_close` (which `SinkExt::close` and the end of `StreamExt::forward` call) closes
+/// the **queue**, for every producer and sink that shares it: its consumers then drain what
+/// is left and end. Drop the sink instead of closing it to leave the queue open.
 ///
 /// # Errors
 ///
@@ -207,6 +217,9 @@ impl<T> PushSink<T> {
     ///
     /// The hook runs in the sending task, after the queue's lock is released. If it panics,
     /// the panic surfaces from that `start_send`; the queue has counted the item already.
+    /// It is the sink's own hook, separate from
+    /// [`PipelineBuilder::on_shed`](crate::PipelineBuilder::on_shed) (which sees items by
+    /// reference), and need not be `Sync`.
     ///
     /// # Examples
     ///
@@ -225,8 +238,8 @@ impl<T> PushSink<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// # }).unwrap();
     /// ```
-    pub fn on_shed(mut self, hook: impl FnMut(T) + Send + Sync + 'static) -> Self {
-        self.on_shed = Some(Box::new(hook));
+    pub fn on_shed(mut self, hook: impl FnMut(T) + Send + 'static) -> Self {
+        self.on_shed = Some(Mutex::new(Box::new(hook)));
         self
     }
 
@@ -247,11 +260,16 @@ impl<T> Sink<T> for PushSink<T> {
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
         let this = self.get_mut();
         if this.queue.policy() != Policy::Block {
-            return Poll::Ready(if this.queue.is_closed() {
-                Err(SendError::closed(None))
-            } else {
-                Ok(())
-            });
+            if this.queue.is_closed() {
+                return Poll::Ready(Err(SendError::closed(None)));
+            }
+            // Under overload with the workers making no progress, let them run, as
+            // `Queue::push` does (before the item is taken, so nothing is held meanwhile).
+            if this.queue.overload_yield_due() {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            return Poll::Ready(Ok(()));
         }
         if this.queue.is_closed() {
             // A slot reserved before the close is of no use now: give it back.
@@ -283,7 +301,7 @@ impl<T> Sink<T> for PushSink<T> {
             PushOutcome::Accepted => Ok(()),
             PushOutcome::Shed(item) | PushOutcome::Evicted(item) => {
                 if let Some(hook) = &mut this.on_shed {
-                    hook(item);
+                    (hook.get_mut().unwrap_or_else(PoisonError::into_inner))(item);
                 }
                 Ok(())
             }

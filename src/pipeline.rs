@@ -139,7 +139,9 @@ impl<T: Send + 'static> Pipeline<T> {
 }
 
 impl<T: Send + 'static> Pipeline<T> {
-    /// Pushes an item, waiting for room only under [`Policy::Block`].
+    /// Pushes an item, waiting for room only under [`Policy::Block`] (under the shedding
+    /// policies it may yield once under overload, as [`Queue::push`](crate::Queue::push)
+    /// describes, so that the workers are not starved).
     ///
     /// After shutdown has begun, or the parent token was cancelled, this returns
     /// [`PushOutcome::Closed`] with the item, which does not count as produced.

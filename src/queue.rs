@@ -333,6 +333,13 @@ impl<T> Queue<T> {
         self.copies.0.pops.load(Ordering::Relaxed)
     }
 
+    /// Whether a producer pushing into this queue under overload should yield now (see
+    /// [`push`](Queue::push)): the queue is full and this thread's last 256 pushes into it
+    /// saw no pop in between.
+    pub(crate) fn overload_yield_due(&self) -> bool {
+        self.looks_full() && futures::yield_due(self)
+    }
+
     /// Whether the queue looks full to a lock-free reader (invariant 6).
     pub(crate) fn looks_full(&self) -> bool {
         // Relaxed: a length the buffer had; the lock orders the buffer itself.

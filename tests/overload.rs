@@ -1,13 +1,15 @@
-//! Overload must not starve the workers: a producer looping on `push().await` under a
-//! shedding policy, on a runtime with one thread, lets the workers make steady progress
-//! (it yields once after 256 pushes into a full queue with no pop in between).
+//! Overload must not starve the workers: a producer looping on `push().await`, or forwarding
+//! a stream into the queue's sink, under a shedding policy, on a runtime with one thread,
+//! lets the workers make steady progress (it yields once after 256 pushes into a full queue
+//! with no pop in between).
 
 // The one-thread runtimes here are tokio's current-thread and an `async_executor::Executor`.
 #![cfg(any(feature = "tokio", feature = "smol"))]
 
 use std::sync::Arc;
 
-use backpressure_pipeline::{Pipeline, Policy, Spawner};
+use backpressure_pipeline::{Pipeline, Policy, Queue, Spawner};
+use futures_util::{stream, StreamExt};
 
 const PUSHES: u32 = 100_000;
 const CHECKPOINT: u32 = 10_000;
@@ -37,6 +39,35 @@ async fn producer_leaves_room_for_workers(spawner: Arc<dyn Spawner>, policy: Pol
     assert_eq!(report.produced, u64::from(PUSHES));
 }
 
+/// The same through the sink: `stream.forward(sink)` of always-ready items into a shedding
+/// queue lets the queue's consumer, on the same thread, take items while it runs.
+async fn forward_leaves_room_for_the_consumer(spawner: Arc<dyn Spawner>, policy: Policy) {
+    let queue = Arc::new(Queue::new(16, policy).unwrap());
+    let (count_tx, count_rx) = futures_channel::oneshot::channel();
+    spawner
+        .spawn(Box::pin({
+            let queue = queue.clone();
+            async move {
+                let mut received = 0u32;
+                while queue.pop().await.is_some() {
+                    received += 1;
+                }
+                let _ = count_tx.send(received);
+            }
+        }))
+        .unwrap();
+    // `forward` closes the sink at the end, which closes the queue and ends the consumer.
+    let items = stream::iter(0..PUSHES).map(Ok);
+    items.forward(queue.clone().into_sink()).await.unwrap();
+    let received = count_rx.await.unwrap();
+    // One yield per 256 sends into a full queue, and the consumer drains the queue at each:
+    // without the yield it would only get the last 16, after the close.
+    assert!(
+        received >= PUSHES / 256,
+        "{policy:?}: the consumer got {received} of {PUSHES}"
+    );
+}
+
 #[cfg(feature = "tokio")]
 #[test]
 fn tokio_current_thread() {
@@ -46,7 +77,9 @@ fn tokio_current_thread() {
             .build()
             .unwrap();
         let spawner = backpressure_pipeline::TokioSpawner::new(rt.handle().clone()).unwrap();
-        rt.block_on(producer_leaves_room_for_workers(Arc::new(spawner), policy));
+        let spawner: Arc<dyn Spawner> = Arc::new(spawner);
+        rt.block_on(producer_leaves_room_for_workers(spawner.clone(), policy));
+        rt.block_on(forward_leaves_room_for_the_consumer(spawner, policy));
     }
 }
 
@@ -56,6 +89,8 @@ fn executor_on_one_thread() {
     for policy in [Policy::DropOldest, Policy::DropNewest] {
         let ex = Arc::new(async_executor::Executor::new());
         let spawner = backpressure_pipeline::ExecutorSpawner::new(ex.clone());
-        smol::block_on(ex.run(producer_leaves_room_for_workers(Arc::new(spawner), policy)));
+        let spawner: Arc<dyn Spawner> = Arc::new(spawner);
+        smol::block_on(ex.run(producer_leaves_room_for_workers(spawner.clone(), policy)));
+        smol::block_on(ex.run(forward_leaves_room_for_the_consumer(spawner, policy)));
     }
 }

@@ -171,8 +171,9 @@ pub struct Producer<T> {
 }
 
 impl<T> Producer<T> {
-    /// Pushes an item, waiting for room only under [`Policy::Block`](crate::Policy::Block);
-    /// as [`Pipeline::push`](crate::Pipeline::push).
+    /// Pushes an item, waiting for room only under [`Policy::Block`](crate::Policy::Block)
+    /// (and yielding once under overload under the shedding policies); as
+    /// [`Pipeline::push`](crate::Pipeline::push).
     ///
     /// # Cancel safety
     ///

@@ -26,7 +26,7 @@ std::thread_local! {
 /// pushes saw no pop in between: the workers are not running, and may be waiting for this
 /// very thread. The pop count (a line the poppers write) is read once per budget, not per
 /// push.
-fn yield_due<T>(queue: &Queue<T>) -> bool {
+pub(super) fn yield_due<T>(queue: &Queue<T>) -> bool {
     let id = queue as *const Queue<T> as usize;
     OVERLOAD.with(|cell| {
         let (seen_id, count, seen_pops) = cell.get();
@@ -85,7 +85,7 @@ impl<T> Future for Push<'_, T> {
         }
         // Under overload with the workers making no progress, let them run (before pushing,
         // so that a push dropped during its yield enqueued nothing).
-        if !this.yielded && this.queue.looks_full() && yield_due(this.queue) {
+        if !this.yielded && this.queue.overload_yield_due() {
             this.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
