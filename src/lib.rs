@@ -66,8 +66,8 @@
 //! - `async-std`: `AsyncStdSpawner` (async-std is discontinued upstream; smol succeeds it).
 //! - `tracing`: rate-limited log lines when a pipeline starts and stops shedding.
 //!
-//! Without a runtime feature the crate builds on `async-lock`, `event-listener` and the small
-//! `futures-*` crates only; bring your own [`Spawner`].
+//! Without a runtime feature the crate builds on `event-listener` and the small `futures-*`
+//! crates only; bring your own [`Spawner`].
 //!
 //! # When not to use this crate
 //!
