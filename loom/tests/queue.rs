@@ -234,3 +234,50 @@ fn a_freed_slot_goes_to_the_parked_producer() {
         assert_eq!(block_on(queue.pop()), Some(1));
     });
 }
+
+/// Two producers race for one slot: one may find room before the lock and none under it, and
+/// must then join the line with a waker cloned after the lock is released; both get in.
+#[test]
+fn two_producers_race_for_one_slot() {
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, Policy::Block).unwrap());
+        let producers: Vec<_> = (1..=2)
+            .map(|i| {
+                let queue = queue.clone();
+                thread::spawn(move || block_on(queue.push(i)))
+            })
+            .collect();
+        let mut got = vec![block_on(queue.pop()), block_on(queue.pop())];
+        for producer in producers {
+            assert_eq!(producer.join().unwrap(), PushOutcome::Accepted);
+        }
+        got.sort();
+        assert_eq!(got, [Some(1), Some(2)]);
+    });
+}
+
+/// A sink's reserved slot, given back when the sink is dropped, goes to the producer waiting
+/// for room.
+#[test]
+fn a_dropped_sink_hands_its_slot_to_a_waiting_producer() {
+    use futures_sink::Sink;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, Policy::Block).unwrap());
+        let mut sink = queue.clone().into_sink();
+        let ready = Pin::new(&mut sink).poll_ready(&mut Context::from_waker(Waker::noop()));
+        assert!(
+            matches!(ready, Poll::Ready(Ok(()))),
+            "a free slot, reserved"
+        );
+        let producer = thread::spawn({
+            let queue = queue.clone();
+            move || block_on(queue.push(7))
+        });
+        drop(sink);
+        assert_eq!(producer.join().unwrap(), PushOutcome::Accepted);
+        assert_eq!(block_on(queue.pop()), Some(7));
+    });
+}
