@@ -92,20 +92,27 @@ mod cancel;
 mod pipeline;
 mod policy;
 mod queue;
+mod retry;
 #[cfg(feature = "tracing")]
 mod shed_log;
 mod spawner;
 mod stats;
 mod sync;
 mod watchdog;
+mod work;
 
 pub use adapters::{PopStream, PushSink, SendError};
 pub use cancel::{CancellationToken, DropGuard, WaitForCancellation, WaitForCancellationOwned};
-pub use pipeline::{BuildError, OnPanic, Pipeline, PipelineBuilder, Producer, Report, StopCause};
+pub use pipeline::{
+    BuildError, ErrorHooks, NoErrorHooks, OnPanic, Pipeline, PipelineBuilder, Producer, Report,
+    StopCause, StopSignal,
+};
 pub use policy::{ConfigError, Policy, PushOutcome};
 pub use queue::{Pop, PopMany, Push, Queue};
+pub use retry::Retry;
 pub use spawner::{BoxFuture, SpawnError, Spawner};
 pub use stats::{QueueStats, Stats};
+pub use work::{Outcome, WorkFuture, WorkOutput};
 
 #[cfg(feature = "async-std")]
 pub use spawner::AsyncStdSpawner;

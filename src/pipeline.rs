@@ -18,8 +18,11 @@
 //!    later calls return the same report.
 
 mod builder;
+mod invoke;
+mod ledger;
 mod producer;
 mod report;
+mod stop;
 mod worker;
 
 use std::fmt;
@@ -30,13 +33,15 @@ use std::time::{Duration, Instant};
 use futures_util::future::{self, Either, FutureExt};
 
 pub use builder::PipelineBuilder;
+pub use invoke::{ErrorHooks, NoErrorHooks};
 pub use producer::Producer;
 pub use report::{BuildError, OnPanic, Report, StopCause};
+pub use stop::StopSignal;
 
 use crate::policy::{Policy, PushOutcome};
-use crate::spawner::Spawner;
-use crate::stats::{QueueStats, Stats};
+use crate::stats::Stats;
 use crate::watchdog;
+use ledger::Fates;
 use producer::Shared;
 use worker::{drop_each, Exit, Workers};
 
@@ -81,18 +86,16 @@ use worker::{drop_each, Exit, Workers};
 /// ```
 pub struct Pipeline<T> {
     shared: Arc<Shared<T>>,
-    spawner: Arc<dyn Spawner>,
     deadline: Duration,
     grace: Duration,
     unresponsive_after: Duration,
     workers: Workers,
     /// Never held across an `.await`: concurrent and resumed `shutdown` calls each wait on
     /// their own, on instants recorded here (invariant 3).
-    state: Mutex<State>,
+    state: Mutex<State<T>>,
 }
 
-#[derive(Default)]
-struct State {
+struct State<T> {
     /// When the first `shutdown` call began; the deadline counts from here.
     begun: Option<Instant>,
     /// When a call first found the deadline passed with workers still running, and the
@@ -103,6 +106,21 @@ struct State {
     /// Set if items were left when the deadline passed.
     deadline_exceeded: bool,
     report: Option<Report>,
+    /// The items handed back, until [`Pipeline::take_leftovers`] takes them.
+    leftovers: Vec<T>,
+}
+
+impl<T> Default for State<T> {
+    fn default() -> State<T> {
+        State {
+            begun: None,
+            overtime: None,
+            aborted_at: None,
+            deadline_exceeded: false,
+            report: None,
+            leftovers: Vec::new(),
+        }
+    }
 }
 
 /// The waits after the deadline, decided once by the first call to find it passed.
@@ -184,6 +202,44 @@ impl<T: Send + 'static> Pipeline<T> {
     /// ```
     pub fn try_push(&self, item: T) -> PushOutcome<T> {
         self.shared.try_push(item)
+    }
+
+    /// Pushes an item from a plain thread, blocking it while the queue is full under
+    /// [`Policy::Block`] (back-pressure without an executor); under the shedding policies it
+    /// never blocks. As [`Queue::push_blocking`](crate::Queue::push_blocking), like
+    /// async-channel's `send_blocking`: after shutdown began it returns
+    /// [`PushOutcome::Closed`] with the item, also to a thread blocked in it.
+    ///
+    /// Never call it from async code (a task on any runtime): it blocks the runtime's
+    /// thread, and can deadlock one whose workers need that thread.
+    ///
+    /// # Panics
+    ///
+    /// With the `tokio` feature, when called on a thread that is running a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Arc::new(Pipeline::builder(2, Policy::Block).spawn(SmolSpawner::new(), |_: u32| async {})?);
+    /// let sensor = std::thread::spawn({
+    ///     let pipeline = pipeline.clone();
+    ///     move || {
+    ///         for sample in 0..100 {
+    ///             assert!(pipeline.push_blocking(sample).is_accepted());
+    ///         }
+    ///     }
+    /// });
+    /// # let _ = smol::unblock(move || sensor.join().unwrap()).await;
+    /// assert_eq!(pipeline.shutdown().await.processed, 100);
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn push_blocking(&self, item: T) -> PushOutcome<T> {
+        self.shared.push_blocking(item)
     }
 
     /// A cloneable handle for producers; see [`Producer`].
@@ -428,75 +484,118 @@ impl<T: Send + 'static> Pipeline<T> {
         }
         // The runtime's timer, raced with a thread of our own: a watchdog must not depend on
         // what it watches, and the runtime's timer stops when its threads are all blocked.
-        let timer = future::select(self.spawner.sleep(limit), watchdog::sleep(limit));
+        let timer = future::select(self.shared.spawner.sleep(limit), watchdog::sleep(limit));
         match future::select(joined, timer).await {
             Either::Left(_) => true,
             Either::Right(_) => self.workers.all_joined(),
         }
     }
 
-    /// Takes what is left in the queue, computes the report once (invariant 3), and only
-    /// then runs user code: the `tracing` subscriber's summary, and the leftovers' `Drop`.
+    /// Takes what is left (in the queue, and parked for a retry) to hand it back, computes
+    /// the report once (invariant 3), and only then runs user code: the `tracing`
+    /// subscriber's summary.
     fn finish(&self) -> Report {
         let mut state = self.lock_state();
         if let Some(report) = &state.report {
             return report.clone();
         }
-        let (left, queue) = self.shared.queue.take_all();
-        let report = self.report(&state, left.len() as u64, &queue);
+        // Parked items were popped before those left in the queue: they go first.
+        let mut left = self.shared.take_parked();
+        let parked = left.len() as u64;
+        let (queued, queue) = self.shared.queue.take_all();
+        left.extend(queued);
+        // The workers' counters are read after the queue's final ones: every worker counted
+        // is joined (the oneshot carrying its outcome orders its increments before these
+        // loads), or unresponsive.
+        let fates = Fates {
+            queue,
+            workers: self.shared.ledger.counts(),
+        };
+        let report = self.report(&state, left.len() as u64, parked, &fates);
         state.report = Some(report.clone());
+        state.leftovers = left;
         drop(state);
-        // Counts first, user code after (a subscriber or an item's `Drop` may panic): the
-        // report is committed, every item is dropped, and then the first panic reaches this
-        // caller, while later calls return the report.
+        // Counts first, user code after (a subscriber may panic): the report is committed,
+        // and then the panic reaches this caller, while later calls return the report.
         #[cfg(feature = "tracing")]
-        let summary = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.shared.shed_log.finish();
-        }))
-        .err();
-        #[cfg(not(feature = "tracing"))]
-        let summary = None;
-        let dropped = drop_each(left);
-        if let Some(payload) = summary.or(dropped) {
-            resume_unwind(payload);
-        }
+        self.shared.shed_log.finish();
         report
     }
 
-    fn report(&self, state: &State, left_in_queue: u64, queue: &QueueStats) -> Report {
-        // The queue's counters are final (taken after close, with the backlog); the workers'
-        // are read after them: every worker counted is joined (the oneshot carrying its
-        // outcome orders its increments before these loads), or unresponsive.
-        let stats = self.shared.stats_with(queue);
-        // By invariant 1: a popped item not processed and not panicked was cut short
-        // (aborted) or is still held by an unresponsive worker.
-        let in_flight = queue
-            .popped
-            .saturating_sub(stats.processed + stats.panicked);
+    fn report(&self, state: &State<T>, handed_back: u64, parked: u64, fates: &Fates) -> Report {
+        let stats = fates.stats();
+        // By the ledger's sums: a popped item with no fate recorded and not parked is still
+        // held by an unresponsive worker; one held by an aborted worker was recorded lost
+        // when the worker's future was dropped.
+        let held = fates.unsettled().saturating_sub(parked);
+        let lost_in_flight = fates.workers.lost + held;
         let outcomes = self.workers.outcomes();
         let joined = outcomes.iter().flatten().count();
-        let aborted = outcomes
-            .iter()
-            .flatten()
-            .filter(|o| matches!(o, Exit::Aborted | Exit::Lost))
-            .count();
+        let count = |exits: &[Exit]| {
+            outcomes
+                .iter()
+                .flatten()
+                .filter(|o| exits.contains(o))
+                .count()
+        };
         let spawned = self.workers.spawned();
         Report {
             produced: stats.produced,
             processed: stats.processed,
+            failed: stats.failed,
             dropped: stats.dropped,
-            abandoned: left_in_queue + in_flight,
+            abandoned: handed_back + lost_in_flight,
+            handed_back,
+            lost_in_flight,
             panicked: stats.panicked,
+            retried: stats.retried,
+            restarts: stats.restarts,
+            start_failures: fates.workers.start_failures,
             workers_spawned: spawned,
             workers_joined: joined,
-            workers_aborted: aborted,
+            workers_aborted: count(&[Exit::Aborted, Exit::Lost]),
+            workers_not_started: count(&[Exit::NotStarted]),
             workers_unresponsive: spawned - joined,
             cause: self.shared.cause().unwrap_or(StopCause::Shutdown),
             deadline_exceeded: state.deadline_exceeded,
         }
     }
 
-    fn lock_state(&self) -> MutexGuard<'_, State> {
+    /// Takes the items a finished [`shutdown`](Pipeline::shutdown) handed back: those left
+    /// in the queue and those waiting for a retry when the deadline passed, in the order the
+    /// workers would have taken them (retries first). Counted in
+    /// [`Report::handed_back`]. Empty before shutdown has finished, and after a first call
+    /// has taken them.
+    ///
+    /// Leftovers never taken are dropped with the pipeline; a pipeline dropped without
+    /// `shutdown` hands nothing back (its items are dropped, and no report counts them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(8, Policy::Block)
+    ///     .deadline(Duration::ZERO)
+    ///     .spawn(SmolSpawner::new(), |_: u32| std::future::pending::<()>())?;
+    /// for n in 0..5 {
+    ///     let _ = pipeline.try_push(n);
+    /// }
+    /// let report = pipeline.shutdown().await;
+    /// let leftovers = pipeline.take_leftovers();
+    /// assert_eq!(leftovers.len() as u64, report.handed_back);
+    /// assert_eq!(report.abandoned, report.handed_back + report.lost_in_flight);
+    /// assert!(pipeline.take_leftovers().is_empty());
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn take_leftovers(&self) -> Vec<T> {
+        std::mem::take(&mut self.lock_state().leftovers)
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State<T>> {
         // Held for a few instructions, with no user code; a poisoned one is still valid.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -505,19 +604,21 @@ impl<T: Send + 'static> Pipeline<T> {
 impl<T> Drop for Pipeline<T> {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if state.report.is_some() {
-            return;
+        let mut left = std::mem::take(&mut state.leftovers);
+        if state.report.is_none() {
+            // Not shut down: stop everything now. Aborted workers drop their futures at
+            // their next poll, which the abort schedules.
+            self.shared.stop.cancel();
+            self.shared.worker_token.cancel();
+            self.shared.queue.close();
+            self.workers.abort_unjoined();
+            left.extend(self.shared.take_parked());
+            left.extend(self.shared.queue.take_all().0);
         }
-        // Not shut down: stop everything now. Aborted workers drop their futures at their
-        // next poll, which the abort schedules.
-        self.shared.stop.cancel();
-        self.shared.worker_token.cancel();
-        self.shared.queue.close();
-        self.workers.abort_unjoined();
-        // Release the backlog now, not when the last `Producer` handle goes: an item may
+        // Release what is left now, not when the last `Producer` handle goes: an item may
         // hold a reply channel that someone awaits. Each item is dropped; the first panic in
         // an item's `Drop` surfaces here, unless this drop is itself part of an unwind.
-        if let Some(payload) = drop_each(self.shared.queue.take_all().0) {
+        if let Some(payload) = drop_each(left) {
             if std::thread::panicking() {
                 std::mem::forget(payload);
             } else {
@@ -533,7 +634,7 @@ impl<T> fmt::Debug for Pipeline<T> {
             .field("queue", &self.shared.queue)
             .field("deadline", &self.deadline)
             .field("grace", &self.grace)
-            .field("spawner", &self.spawner)
+            .field("spawner", &self.shared.spawner)
             .finish_non_exhaustive()
     }
 }

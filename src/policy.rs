@@ -184,6 +184,8 @@ pub enum ConfigError {
     ZeroWorkers,
     /// The worker count is above [`MAX_WORKERS`](crate::PipelineBuilder::MAX_WORKERS).
     TooManyWorkers,
+    /// A [`Retry`](crate::Retry) policy allows no attempt at all.
+    ZeroAttempts,
 }
 
 impl fmt::Display for ConfigError {
@@ -193,6 +195,7 @@ impl fmt::Display for ConfigError {
             ConfigError::CapacityTooLarge => "capacity is too large",
             ConfigError::ZeroWorkers => "a pipeline needs at least one worker",
             ConfigError::TooManyWorkers => "too many workers",
+            ConfigError::ZeroAttempts => "a retry policy needs at least one attempt",
         })
     }
 }

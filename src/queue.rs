@@ -50,6 +50,7 @@
 //! async-channel with capacity 1024 and 0.79–1.15× against 0.77–0.80× with capacity 16, and
 //! S2 level (2.24× against 2.02× `force_send` through `try_push`).
 
+mod blocking;
 mod futures;
 mod waiters;
 
@@ -325,6 +326,90 @@ impl<T> Queue<T> {
         let outcome = self.push_locked(&mut self.lock(), item, &mut wake);
         wake.wake();
         outcome
+    }
+
+    /// Pushes an item from a plain thread, blocking it until [`push`](Queue::push) would
+    /// complete.
+    ///
+    /// The synchronous form of `push`, for producers that are threads, not tasks (as
+    /// async-channel's `Sender::send_blocking` is for `send`). Under [`Policy::Block`] it parks
+    /// the calling thread until there is room or the queue closes; it waits in the same line
+    /// as `push`, so blocked threads and waiting tasks are served together, first come, first
+    /// served. Under `DropNewest` and `DropOldest` it never waits: it is
+    /// [`try_push`](Queue::try_push), with the same outcome ([`PushOutcome::Accepted`],
+    /// [`Shed`] or [`Evicted`]). It never returns [`Full`].
+    ///
+    /// After [`close`](Queue::close) it returns [`PushOutcome::Closed`] with the item, and so
+    /// does a thread that was blocked in it when the queue closed: close releases it at once.
+    /// Nothing else releases it: on a full queue whose consumers have stopped popping, it
+    /// waits until one pops or someone closes the queue.
+    ///
+    /// # Only from plain threads
+    ///
+    /// Calling it from async code (in a task, or in a future given to a `block_on`) is wrong
+    /// on every runtime: it blocks the runtime thread, and no task that thread runs can run
+    /// until it returns, perhaps the very consumer that would make room. On a single-threaded
+    /// runtime that consumer can never run, and the call never returns: a deadlock. In async
+    /// code use `push(item).await`. A thread of tokio's `spawn_blocking` pool is a plain
+    /// thread, and may call it.
+    ///
+    /// # Panics
+    ///
+    /// With the `tokio` feature, under `Policy::Block`, if the calling thread is running a
+    /// tokio runtime (inside `Runtime::block_on`, or in a task on one of its threads), whether
+    /// or not the queue is full. This is tokio's own check, the one behind its `block_on` and
+    /// its channels' `blocking_send`, with tokio's message ("Cannot start a runtime from
+    /// within a runtime. [...] use `.await` on the future instead of blocking on it"). A
+    /// `spawn_blocking` thread, or a plain thread inside `Handle::enter`, is not running the
+    /// runtime, and does not panic. Other runtimes are not detected: there the call blocks
+    /// the runtime thread, as above.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::thread;
+    ///
+    /// use backpressure_pipeline::{Policy, PushOutcome, Queue};
+    ///
+    /// let queue = Arc::new(Queue::new(1, Policy::Block)?);
+    /// let producer = thread::spawn({
+    ///     let queue = Arc::clone(&queue);
+    ///     move || {
+    ///         for id in 0..3 {
+    ///             // Blocks this thread while the queue is full.
+    ///             assert_eq!(queue.push_blocking(id), PushOutcome::Accepted);
+    ///         }
+    ///         queue.close();
+    ///     }
+    /// });
+    /// let mut got = Vec::new();
+    /// while let Some(id) = smol::block_on(queue.pop()) {
+    ///     got.push(id);
+    /// }
+    /// producer.join().expect("the producer thread");
+    /// assert_eq!(got, [0, 1, 2]);
+    /// assert_eq!(queue.push_blocking(3), PushOutcome::Closed(3));
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    ///
+    /// [`Shed`]: PushOutcome::Shed
+    /// [`Evicted`]: PushOutcome::Evicted
+    /// [`Full`]: PushOutcome::Full
+    #[track_caller]
+    pub fn push_blocking(&self, item: T) -> PushOutcome<T> {
+        if self.policy != Policy::Block {
+            // Never waits: no future, so no overload yield either (it would only spin here).
+            return self.try_push(item);
+        }
+        // With a tokio context on this thread, tokio drives the push: its `block_on` panics
+        // when this thread is running the runtime, and only then. `Handle::try_current` alone
+        // cannot tell that apart from a `spawn_blocking` thread, where blocking is right.
+        #[cfg(feature = "tokio")]
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            return handle.block_on(self.push(item));
+        }
+        blocking::block_on(self.push(item))
     }
 
     /// Items popped so far, read without the lock.

@@ -45,8 +45,9 @@ pub struct QueueStats {
 ///
 /// The same counters as the final [`Report`](crate::Report), read live. The workers'
 /// counters are read first and the queue's after them, in one snapshot under its lock: no
-/// counter goes backwards, and `processed + panicked` never exceeds the items the workers
-/// have taken, so `produced >= processed + dropped + panicked` in every snapshot.
+/// counter goes backwards, and `processed + failed + panicked` never exceeds the items the
+/// workers have taken, so `produced >= processed + failed + dropped + panicked` in every
+/// snapshot.
 ///
 /// # Examples
 ///
@@ -69,12 +70,18 @@ pub struct QueueStats {
 pub struct Stats {
     /// Items pushed while the pipeline was open: accepted, or shed by the policy.
     pub produced: u64,
-    /// Items whose worker future completed.
+    /// Items whose work succeeded.
     pub processed: u64,
+    /// Items whose work failed for good (after their last attempt).
+    pub failed: u64,
     /// Items discarded by the policy (shed or evicted).
     pub dropped: u64,
-    /// Items whose worker future panicked.
+    /// Items whose work panicked.
     pub panicked: u64,
+    /// Failed attempts that were tried again (an item retried twice counts 2).
+    pub retried: u64,
+    /// Worker states rebuilt after a panic, under [`OnPanic::Restart`](crate::OnPanic::Restart).
+    pub restarts: u64,
     /// Items waiting in the queue now.
     pub depth: usize,
     /// The most items the queue has held at once.

@@ -1099,6 +1099,14 @@ async fn reference(sp: Sp, path: Path) -> Report {
         report.is_conserved() && report.all_joined(),
         "{path:?}: {report}"
     );
+    // What is left comes back to the caller, and nothing else outlives shutdown.
+    let leftovers = pipeline.take_leftovers();
+    assert_eq!(
+        leftovers.len() as u64,
+        report.handed_back,
+        "{path:?}: {report}"
+    );
+    drop(leftovers);
     assert_eq!(
         live.count(),
         0,
@@ -1130,6 +1138,9 @@ async fn shutdown_cut(sp: Sp, path: Path, polls: usize, expected: &Report) {
     );
     let third = pipeline.shutdown().await;
     assert_eq!(third, again, "{what}: a third call reports differently");
+    let leftovers = pipeline.take_leftovers();
+    assert_eq!(leftovers.len() as u64, again.handed_back, "{what}: {again}");
+    drop(leftovers);
     assert_eq!(
         live.count(),
         0,

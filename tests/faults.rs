@@ -232,6 +232,13 @@ async fn external_cancel_during_drain(sp: Sp) {
         );
         assert_eq!((report.workers_joined, report.workers_aborted), (2, 2));
         assert!(report.is_conserved() && report.all_joined(), "{report}");
+        // The 4 queued come back; the 2 in the aborted workers' hands are lost in flight.
+        assert_eq!(
+            (report.handed_back, report.lost_in_flight),
+            (4, 2),
+            "{report}"
+        );
+        assert_eq!(pipeline.take_leftovers().len(), 4);
         assert_eq!(live.count(), 0);
     }
 }
@@ -510,7 +517,13 @@ async fn stuck_worker_is_unresponsive(sp: Sp) {
         (4, 0, 4),
         "the stuck item and the three queued are abandoned: {report}"
     );
+    assert_eq!(
+        (report.handed_back, report.lost_in_flight),
+        (3, 1),
+        "the three queued come back, the stuck one cannot: {report}"
+    );
     assert!(report.is_conserved(), "{report}");
+    assert_eq!(pipeline.take_leftovers().len(), 3);
     assert_eq!(
         live.count(),
         2,
@@ -620,6 +633,12 @@ async fn zero_deadline_with_a_full_backlog(sp: Sp) {
         );
         assert_eq!((report.workers_joined, report.workers_aborted), (2, 2));
         assert!(report.is_conserved() && report.all_joined(), "{report}");
+        assert_eq!(
+            (report.handed_back, report.lost_in_flight),
+            (4, 2),
+            "{report}"
+        );
+        assert_eq!(pipeline.take_leftovers().len(), 4, "{policy:?}");
         assert_eq!(live.count(), 0, "{policy:?}");
     }
     // Idle workers racing to take a backlog pushed in a burst: whatever each round took,

@@ -46,7 +46,7 @@ async fn busy_pipeline(spawner: impl Spawner, live: &Live) -> Pipeline<Tracked> 
 
 /// The runtime dropped the workers unfinished: they are joined as aborted, their items are
 /// abandoned, and nothing is left alive.
-fn assert_torn_down(report: &Report, live: &Live) {
+fn assert_torn_down(pipeline: &Pipeline<Tracked>, report: &Report, live: &Live) {
     assert_eq!(
         (report.produced, report.processed, report.abandoned),
         (6, 0, 6),
@@ -58,6 +58,13 @@ fn assert_torn_down(report: &Report, live: &Live) {
         "{report}"
     );
     assert!(report.is_conserved() && report.all_joined(), "{report}");
+    // The 4 queued come back; the 2 the dropped workers held are lost in flight.
+    assert_eq!(
+        (report.handed_back, report.lost_in_flight),
+        (4, 2),
+        "{report}"
+    );
+    assert_eq!(pipeline.take_leftovers().len(), 4);
     assert_eq!(live.count(), 0);
 }
 
@@ -70,7 +77,7 @@ fn tokio_torn_down(mut builder: tokio::runtime::Builder) {
     drop(rt);
     // Shut down from another executor: the runtime is gone, its timer with it.
     let report = smol::block_on(pipeline.shutdown());
-    assert_torn_down(&report, &live);
+    assert_torn_down(&pipeline, &report, &live);
 }
 
 #[cfg(feature = "tokio")]
@@ -96,7 +103,7 @@ fn executor_torn_down_underneath() {
     let pipeline = smol::block_on(ex.run(busy_pipeline(spawner, &live)));
     drop(ex); // the last reference: the executor drops its tasks
     let report = smol::block_on(pipeline.shutdown());
-    assert_torn_down(&report, &live);
+    assert_torn_down(&pipeline, &report, &live);
 }
 
 #[cfg(feature = "smol")]

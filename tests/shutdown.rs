@@ -215,6 +215,16 @@ async fn deadline_aborts_stragglers(sp: Sp) {
     assert_eq!((report.workers_joined, report.workers_aborted), (2, 2));
     assert!(report.is_conserved() && report.all_joined(), "{report}");
     assert_eq!(
+        (report.handed_back, report.lost_in_flight),
+        (4, 2),
+        "{report}"
+    );
+    assert_eq!(
+        pipeline.take_leftovers().len(),
+        4,
+        "the queued items come back"
+    );
+    assert_eq!(
         live.count(),
         0,
         "every worker future and item is dropped when shutdown returns"

@@ -239,18 +239,28 @@ async fn fill_fragile(pipeline: &Pipeline<Fragile>) {
 }
 
 async fn a_panicking_drop_at_shutdown_keeps_the_law(sp: Sp) {
+    // Shutdown runs no leftover's `Drop`: the items come back whole, in queue order.
     let pipeline = fragile_pipeline(sp);
     fill_fragile(&pipeline).await;
-    let first = AssertUnwindSafe(pipeline.shutdown()).catch_unwind().await;
-    assert!(first.is_err(), "item 1's Drop panics in the first call");
     let report = pipeline.shutdown().await;
     assert_eq!((report.produced, report.abandoned), (3, 3), "{report}");
+    assert_eq!(
+        (report.handed_back, report.lost_in_flight),
+        (2, 1),
+        "{report}"
+    );
     assert!(report.is_conserved(), "{report}");
+    let mut leftovers = pipeline.take_leftovers();
+    assert_eq!(leftovers.iter().map(|i| i.id).collect::<Vec<_>>(), [1, 2]);
+    leftovers[0].panic_on_drop = false;
+    drop(leftovers);
+    assert_eq!(pipeline.shutdown().await, report);
 }
 
 async fn two_panicking_drops_at_shutdown_surface_one_panic(sp: Sp) {
-    // Two leftovers whose `Drop` panics: each is dropped on its own, so the second panic
-    // never meets the first in one unwind (which would abort the process).
+    // Two leftovers whose `Drop` panics, never taken: the pipeline's drop drops each on its
+    // own, so the second panic never meets the first in one unwind (which would abort the
+    // process), and the first surfaces.
     let pipeline = fragile_pipeline(sp);
     fill_fragile(&pipeline).await;
     let item = Fragile {
@@ -258,26 +268,27 @@ async fn two_panicking_drops_at_shutdown_surface_one_panic(sp: Sp) {
         panic_on_drop: true,
     };
     assert!(pipeline.push(item).await.is_accepted());
-    let first = AssertUnwindSafe(pipeline.shutdown()).catch_unwind().await;
-    assert!(first.is_err(), "the first panic surfaces");
     let report = pipeline.shutdown().await;
     assert_eq!((report.produced, report.abandoned), (4, 4), "{report}");
+    assert_eq!(report.handed_back, 3, "{report}");
     assert!(report.is_conserved(), "{report}");
+    let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(pipeline)));
+    assert!(dropped.is_err(), "the first panic surfaces");
 }
 
 async fn concurrent_shutdowns_agree_when_a_drop_panics(sp: Sp) {
     let pipeline = fragile_pipeline(sp);
     fill_fragile(&pipeline).await;
-    let (a, b) = futures_util::join!(
-        AssertUnwindSafe(pipeline.shutdown()).catch_unwind(),
-        AssertUnwindSafe(pipeline.shutdown()).catch_unwind(),
-    );
-    // One call dropped the leftovers and saw the panic; the other got the report, whole.
-    let reports: Vec<_> = [a, b].into_iter().filter_map(Result::ok).collect();
-    assert_eq!(reports.len(), 1, "exactly one call saw the panic");
-    assert_eq!((reports[0].produced, reports[0].abandoned), (3, 3));
-    assert!(reports[0].is_conserved(), "{}", reports[0]);
-    assert_eq!(pipeline.shutdown().await, reports[0]);
+    let (a, b) = futures_util::join!(pipeline.shutdown(), pipeline.shutdown());
+    assert_eq!(a, b);
+    assert_eq!((a.produced, a.abandoned, a.handed_back), (3, 3, 2), "{a}");
+    assert!(a.is_conserved(), "{a}");
+    // The leftovers come back once.
+    let mut leftovers = pipeline.take_leftovers();
+    assert_eq!(leftovers.len(), 2);
+    assert!(pipeline.take_leftovers().is_empty());
+    leftovers[0].panic_on_drop = false;
+    assert_eq!(pipeline.shutdown().await, a);
 }
 
 async fn zero_deadline_on_an_idle_pipeline_is_not_exceeded(sp: Sp) {

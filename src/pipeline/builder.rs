@@ -2,18 +2,25 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::marker::PhantomData;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::future::{self, Either};
+
+use super::invoke::{ErrorHooks, Invoker, Job, NoErrorHooks, Stateful, Stateless};
 use super::producer::{Shared, ShedHook};
 use super::report::BuildError;
+use super::stop::StopSignal;
 use super::worker::{spawn_worker, Workers};
 use super::{OnPanic, Pipeline, State, StopCause};
 use crate::cancel::CancellationToken;
 use crate::policy::{ConfigError, Policy};
 use crate::queue::Queue;
-use crate::spawner::Spawner;
-use crate::sync::{AtomicU64, AtomicU8};
+use crate::retry::Retry;
+use crate::spawner::{BoxFuture, Spawner};
+use crate::work::{WorkFuture, WorkOutput};
 
 /// Configures and starts a [`Pipeline`]. Made by [`Pipeline::builder`].
 ///
@@ -46,20 +53,28 @@ use crate::sync::{AtomicU64, AtomicU8};
 /// # Ok::<(), backpressure_pipeline::BuildError>(())
 /// # }).unwrap();
 /// ```
-pub struct PipelineBuilder<T> {
+///
+/// The second type parameter records the [error hooks](PipelineBuilder::on_error), if any:
+/// [`NoErrorHooks`] until one is set, then [`ErrorHooks<T, E>`] for the work's error type
+/// `E`. It is inferred; a reader never needs to write it.
+pub struct PipelineBuilder<T, H = NoErrorHooks> {
     capacity: usize,
     policy: Policy,
     workers: usize,
     deadline: Duration,
     grace: Duration,
     unresponsive_after: Duration,
-    parent: Option<CancellationToken>,
+    /// A token, or a future to watch (in a `Mutex` only to keep the builder `Sync`).
+    parent: Option<Result<CancellationToken, Mutex<BoxFuture>>>,
     worker_token: CancellationToken,
     on_shed: Option<ShedHook<T>>,
     on_panic: OnPanic,
+    retry: Retry,
+    start_retry: Retry,
+    hooks: H,
 }
 
-impl<T: Send + 'static> PipelineBuilder<T> {
+impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// The most workers a pipeline accepts.
     pub const MAX_WORKERS: usize = 65_536;
 
@@ -136,9 +151,16 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         self
     }
 
-    /// Makes the pipeline's stop token a child of `parent`: cancelling `parent` stops intake
-    /// and closes the queue, as [`shutdown`](Pipeline::shutdown) does, and the report's cause
-    /// is [`StopCause::External`](crate::StopCause::External).
+    /// Stops the pipeline when `parent` fires: cancelling a [`CancellationToken`] given
+    /// here, or the completion of any `Future<Output = ()> + Send + 'static` (tokio-util's
+    /// `token.clone().cancelled_owned()`, a Ctrl-C future). Either way intake stops and the
+    /// queue closes, releasing every waiting producer and worker, as
+    /// [`shutdown`](Pipeline::shutdown) does, and the report's cause is
+    /// [`StopCause::External`](crate::StopCause::External). See [`StopSignal`].
+    ///
+    /// A token stops the pipeline in the call that cancels it (the pipeline's stop token is
+    /// its child). A future is awaited by a task on the pipeline's spawner, which ends as
+    /// soon as the pipeline stops, whatever stopped it; the future is dropped then.
     ///
     /// # Examples
     ///
@@ -155,8 +177,8 @@ impl<T: Send + 'static> PipelineBuilder<T> {
     /// # Ok::<(), backpressure_pipeline::BuildError>(())
     /// # }).unwrap();
     /// ```
-    pub fn parent(mut self, parent: &CancellationToken) -> Self {
-        self.parent = Some(parent.clone());
+    pub fn parent(mut self, parent: impl StopSignal) -> Self {
+        self.parent = Some(parent.into_parent().map_err(Mutex::new));
         self
     }
 
@@ -243,17 +265,194 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         self
     }
 
+    /// Retries items whose work failed and handed the item back
+    /// ([`Outcome::Retry`](crate::Outcome::Retry)), with backoff (default
+    /// [`Retry::never`]). After the last attempt the item goes to the
+    /// [dead-letter hook](PipelineBuilder::dead_letter) and counts as failed. An item waiting
+    /// for its next attempt when the shutdown deadline passes is handed back with the
+    /// leftovers ([`Pipeline::take_leftovers`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Outcome, Pipeline, Policy, Retry, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(4, Policy::Block)
+    ///     .retry(Retry::attempts(3).backoff(Duration::from_millis(1), Duration::from_millis(10)))
+    ///     .spawn(SmolSpawner::new(), |n: u32| async move {
+    ///         Outcome::Retry(n, "always fails") // handed back, tried 3 times in all
+    ///     })?;
+    /// assert!(pipeline.push(7).await.is_accepted());
+    /// let report = pipeline.shutdown().await;
+    /// assert_eq!((report.failed, report.retried), (1, 2));
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How a worker's state is built again after a failed attempt, and rebuilt after a
+    /// panic under [`OnPanic::Restart`] (default: 5 attempts, 100 ms doubling up to 10 s,
+    /// with jitter). A worker whose every attempt fails ends; when none is left that could
+    /// start, the pipeline stops itself with [`StopCause::NoWorkers`](crate::StopCause::NoWorkers)
+    /// instead of leaving producers waiting. Each failed attempt is counted in
+    /// [`Report::start_failures`](crate::Report::start_failures).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Pipeline, Policy, Retry, SmolSpawner, StopCause, WorkFuture};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(4, Policy::Block)
+    ///     .workers(2)
+    ///     .start_retry(Retry::attempts(2).backoff(Duration::ZERO, Duration::ZERO))
+    ///     .spawn_with_state(
+    ///         SmolSpawner::new(),
+    ///         |_worker| async { Err::<(), _>("the database is down") },
+    ///         |_: &mut (), _: u8| -> WorkFuture<'_, ()> { Box::pin(async {}) },
+    ///     )?;
+    /// let report = pipeline.shutdown().await;
+    /// assert_eq!(report.cause, StopCause::NoWorkers);
+    /// assert_eq!((report.workers_not_started, report.start_failures), (2, 4));
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn start_retry(mut self, retry: Retry) -> Self {
+        self.start_retry = retry;
+        self
+    }
+
+    /// Calls `hook` with each error the work returns: every failed attempt, retried or
+    /// final. It runs in the worker's task after the item's fate is recorded; a panic in it
+    /// is caught and ignored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let errors = Arc::new(AtomicU64::new(0));
+    /// let pipeline = Pipeline::builder(4, Policy::Block)
+    ///     .on_error({
+    ///         let errors = errors.clone();
+    ///         move |_: &std::io::Error| {
+    ///             errors.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .spawn(SmolSpawner::new(), |n: u32| async move {
+    ///         if n % 2 == 0 { Ok(()) } else { Err(std::io::Error::other("odd")) }
+    ///     })?;
+    /// for n in 0..10 {
+    ///     let _ = pipeline.push(n).await;
+    /// }
+    /// let report = pipeline.shutdown().await;
+    /// assert_eq!((report.processed, report.failed), (5, 5));
+    /// assert_eq!(errors.load(Ordering::Relaxed), 5);
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn on_error<E>(
+        self,
+        hook: impl Fn(&E) + Send + Sync + 'static,
+    ) -> PipelineBuilder<T, ErrorHooks<T, E>>
+    where
+        H: Into<ErrorHooks<T, E>>,
+    {
+        self.with_hooks(|mut hooks| {
+            hooks.on_error = Some(Box::new(hook));
+            hooks
+        })
+    }
+
+    /// Calls `hook` with each item that failed for good and was handed back, with its last
+    /// error: a retried item after its last attempt ([`Outcome::Retry`](crate::Outcome::Retry)),
+    /// or a rejected one ([`Outcome::Reject`](crate::Outcome::Reject)). The item is counted
+    /// as failed before the hook runs; a panic in the hook is caught and ignored. Without
+    /// this hook such items are dropped (and still counted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex, PoisonError};
+    /// use backpressure_pipeline::{Outcome, Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let dead = Arc::new(Mutex::new(Vec::new()));
+    /// let pipeline = Pipeline::builder(4, Policy::Block)
+    ///     .dead_letter({
+    ///         let dead = dead.clone();
+    ///         move |command: String, error: &'static str| dead.lock().unwrap().push((command, error))
+    ///     })
+    ///     .spawn(SmolSpawner::new(), |command: String| async move {
+    ///         if command.starts_with("rm") { Outcome::Reject(command, "refused") } else { Outcome::Done }
+    ///     })?;
+    /// let _ = pipeline.push("ls".to_string()).await;
+    /// let _ = pipeline.push("rm -rf".to_string()).await;
+    /// pipeline.shutdown().await;
+    /// assert_eq!(*dead.lock().unwrap(), [("rm -rf".to_string(), "refused")]);
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn dead_letter<E>(
+        self,
+        hook: impl Fn(T, E) + Send + Sync + 'static,
+    ) -> PipelineBuilder<T, ErrorHooks<T, E>>
+    where
+        H: Into<ErrorHooks<T, E>>,
+    {
+        self.with_hooks(|mut hooks| {
+            hooks.dead_letter = Some(Box::new(hook));
+            hooks
+        })
+    }
+
+    fn with_hooks<E>(
+        self,
+        set: impl FnOnce(ErrorHooks<T, E>) -> ErrorHooks<T, E>,
+    ) -> PipelineBuilder<T, ErrorHooks<T, E>>
+    where
+        H: Into<ErrorHooks<T, E>>,
+    {
+        PipelineBuilder {
+            capacity: self.capacity,
+            policy: self.policy,
+            workers: self.workers,
+            deadline: self.deadline,
+            grace: self.grace,
+            unresponsive_after: self.unresponsive_after,
+            parent: self.parent,
+            worker_token: self.worker_token,
+            on_shed: self.on_shed,
+            on_panic: self.on_panic,
+            retry: self.retry,
+            start_retry: self.start_retry,
+            hooks: set(self.hooks.into()),
+        }
+    }
+
     /// Starts the pipeline: spawns the workers on `spawner`, each running `work` on one item
     /// at a time.
     ///
-    /// A panic in `work` is caught and counted; then, by [`on_panic`](Self::on_panic), the
-    /// worker goes on with the next item or the pipeline stops.
+    /// The work returns `()`, `Result<(), E>` (an error is counted as failed and shown to
+    /// the [error hook](PipelineBuilder::on_error)), or an [`Outcome`](crate::Outcome), which
+    /// can hand a failed item back to be [retried](PipelineBuilder::retry) or
+    /// [dead-lettered](PipelineBuilder::dead_letter). A panic in `work` is caught and
+    /// counted; then the worker goes on as [`on_panic`](Self::on_panic) says.
     ///
     /// # Errors
     ///
-    /// [`BuildError::Config`] for a capacity or worker count out of range,
-    /// [`BuildError::Spawn`] if the runtime refuses a task (workers already spawned are
-    /// aborted).
+    /// [`BuildError::Config`] for a capacity, worker count or number of attempts out of
+    /// range, [`BuildError::Spawn`] if the runtime refuses a task (workers already spawned
+    /// are aborted).
     ///
     /// # Examples
     ///
@@ -269,7 +468,82 @@ impl<T: Send + 'static> PipelineBuilder<T> {
     where
         S: Spawner,
         F: Fn(T) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: WorkOutput<T>,
+        H: Into<ErrorHooks<T, <Fut::Output as WorkOutput<T>>::Error>>,
+    {
+        self.start(Arc::new(spawner), Stateless(work))
+    }
+
+    /// Starts the pipeline with a state per worker: a connection, a buffer, a prepared
+    /// statement. `init(index)` builds worker `index`'s state (`0..workers`) before it takes
+    /// its first item; each call of `work` gets `&mut` access to it; the state is dropped
+    /// when its worker ends (or is rebuilt after a panic under [`OnPanic::Restart`]).
+    ///
+    /// `init` may fail: a failed attempt is counted and tried again with the
+    /// [`start_retry`](PipelineBuilder::start_retry) backoff; a worker whose every attempt
+    /// fails ends, and a pipeline none of whose workers can start stops itself
+    /// ([`StopCause::NoWorkers`](crate::StopCause::NoWorkers)). Its error type needs only
+    /// `Debug` (it is logged with the `tracing` feature).
+    ///
+    /// `work` borrows the state across its `.await`s, so it returns a boxed future:
+    /// write it as `|state, item| Box::pin(async move { … })`. Its output is as for
+    /// [`spawn`](PipelineBuilder::spawn).
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](PipelineBuilder::spawn).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// // Each worker owns a "connection": here a buffer of the rows it wrote.
+    /// let pipeline = Pipeline::builder(16, Policy::Block).workers(2).spawn_with_state(
+    ///     SmolSpawner::new(),
+    ///     |worker| async move { Ok::<_, std::io::Error>(Vec::<(usize, u32)>::new()) },
+    ///     |rows: &mut Vec<(usize, u32)>, row: u32| Box::pin(async move {
+    ///         rows.push((0, row));
+    ///         Ok::<(), std::io::Error>(())
+    ///     }),
+    /// )?;
+    /// for row in 0..100 {
+    ///     let _ = pipeline.push(row).await;
+    /// }
+    /// let report = pipeline.shutdown().await;
+    /// assert_eq!(report.processed, 100);
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn spawn_with_state<Sp, S, I, IFut, IE, F, O>(
+        self,
+        spawner: Sp,
+        init: I,
+        work: F,
+    ) -> Result<Pipeline<T>, BuildError>
+    where
+        Sp: Spawner,
+        S: Send + 'static,
+        I: Fn(usize) -> IFut + Send + Sync + 'static,
+        IFut: Future<Output = Result<S, IE>> + Send + 'static,
+        IE: fmt::Debug + Send + 'static,
+        F: for<'a> Fn(&'a mut S, T) -> WorkFuture<'a, O> + Send + Sync + 'static,
+        O: WorkOutput<T>,
+        H: Into<ErrorHooks<T, O::Error>>,
+    {
+        let job = Stateful {
+            init,
+            work,
+            types: PhantomData,
+        };
+        self.start(Arc::new(spawner), job)
+    }
+
+    fn start<J: Job<T>>(self, spawner: Arc<dyn Spawner>, job: J) -> Result<Pipeline<T>, BuildError>
+    where
+        H: Into<ErrorHooks<T, J::Error>>,
     {
         let queue = Queue::new(self.capacity, self.policy)?;
         if self.workers == 0 {
@@ -278,55 +552,79 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         if self.workers > Self::MAX_WORKERS {
             return Err(ConfigError::TooManyWorkers.into());
         }
-        let stop = match &self.parent {
-            Some(parent) => parent.child_token(),
-            None => CancellationToken::new(),
+        if self.retry.max_attempts() == 0 || self.start_retry.max_attempts() == 0 {
+            return Err(ConfigError::ZeroAttempts.into());
+        }
+        let (stop, watch) = match self.parent {
+            Some(Ok(parent)) => (parent.child_token(), None),
+            Some(Err(signal)) => (
+                CancellationToken::new(),
+                Some(signal.into_inner().unwrap_or_else(PoisonError::into_inner)),
+            ),
+            None => (CancellationToken::new(), None),
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             queue,
             stop,
-            worker_token: self.worker_token,
-            processed: AtomicU64::new(0),
-            panicked: AtomicU64::new(0),
-            on_shed: self.on_shed,
-            on_panic: self.on_panic,
-            cause: AtomicU8::new(0),
-            #[cfg(feature = "tracing")]
-            shed_log: crate::shed_log::ShedLog::new(),
-        });
+            self.worker_token,
+            self.workers,
+            spawner.clone(),
+            self.on_shed,
+        ));
         // Every stop releases every waiter at once: whoever cancels the stop token (shutdown,
-        // the parent, a panic stop, a dropped pipeline), the queue closes in that call.
+        // the parent, a stop from inside, a dropped pipeline), the queue closes in that call.
         let weak = Arc::downgrade(&shared);
-        // Shutdown and a panic stop record their cause before they cancel; anything else that
-        // cancels it is the parent (or a dropped pipeline, which reports nothing).
+        // Shutdown and the stops from inside record their cause before they cancel; anything
+        // else that cancels it is the parent (or a dropped pipeline, which reports nothing).
         shared.stop.on_cancel(Box::new(move || {
             if let Some(shared) = weak.upgrade() {
                 shared.set_cause(StopCause::External);
                 shared.queue.close();
             }
         }));
-        let work = Arc::new(work);
+        let invoker = Arc::new(Invoker {
+            job,
+            hooks: self.hooks.into(),
+            retry: self.retry,
+            start_retry: self.start_retry,
+            on_panic: self.on_panic,
+        });
         // The pipeline first, then its workers: if the runtime refuses one (or its `spawn`
         // panics), dropping the pipeline aborts those already started and closes the queue.
         let mut pipeline = Pipeline {
             shared,
-            spawner: Arc::new(spawner),
             deadline: self.deadline,
             grace: self.grace,
             unresponsive_after: self.unresponsive_after,
             workers: Workers::new(),
             state: Mutex::new(State::default()),
         };
-        for _ in 0..self.workers {
-            let worker = spawn_worker(&pipeline.spawner, pipeline.shared.clone(), work.clone())?;
+        for index in 0..self.workers {
+            let worker = spawn_worker(&*spawner, pipeline.shared.clone(), invoker.clone(), index)?;
             pipeline.workers.add(worker);
         }
         pipeline.workers.seal();
+        if let Some(signal) = watch {
+            spawner.spawn(watch_parent(pipeline.shared.stop.clone(), signal))?;
+        }
         Ok(pipeline)
     }
 }
 
-impl<T> fmt::Debug for PipelineBuilder<T> {
+/// The task that stops the pipeline when a parent future completes. It ends as soon as the
+/// pipeline stops, whatever stopped it, so it never outlives the pipeline's shutdown by more
+/// than a poll.
+fn watch_parent(stop: CancellationToken, signal: BoxFuture) -> BoxFuture {
+    Box::pin(async move {
+        let stopped = pin!(stop.cancelled());
+        if let Either::Left(_) = future::select(signal, stopped).await {
+            // The stop token's hook records the cause (External) and closes the queue.
+            stop.cancel();
+        }
+    })
+}
+
+impl<T, H> fmt::Debug for PipelineBuilder<T, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineBuilder")
             .field("capacity", &self.capacity)
@@ -335,9 +633,17 @@ impl<T> fmt::Debug for PipelineBuilder<T> {
             .field("deadline", &self.deadline)
             .field("grace", &self.grace)
             .field("unresponsive_after", &self.unresponsive_after)
-            .field("parent", &self.parent)
+            .field(
+                "parent",
+                &self.parent.as_ref().map(|parent| match parent {
+                    Ok(token) => format!("{token:?}"),
+                    Err(_) => "a future".to_string(),
+                }),
+            )
             .field("on_shed", &self.on_shed.as_ref().map(|_| ".."))
             .field("on_panic", &self.on_panic)
+            .field("retry", &self.retry)
+            .field("start_retry", &self.start_retry)
             .finish_non_exhaustive()
     }
 }
@@ -355,6 +661,9 @@ impl<T> PipelineBuilder<T> {
             worker_token: CancellationToken::new(),
             on_shed: None,
             on_panic: OnPanic::Isolate,
+            retry: Retry::never(),
+            start_retry: Retry::attempts(5),
+            hooks: NoErrorHooks,
         }
     }
 }

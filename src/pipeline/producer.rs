@@ -2,14 +2,16 @@
 //! the cloneable [`Producer`] handle.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{OnPanic, StopCause};
+use super::ledger::{Fates, Ledger};
+use super::StopCause;
 use crate::cancel::CancellationToken;
 use crate::policy::PushOutcome;
 use crate::queue::Queue;
-use crate::stats::{QueueStats, Stats};
-use crate::sync::{AtomicU64, AtomicU8, Ordering};
+use crate::spawner::Spawner;
+use crate::stats::Stats;
+use crate::sync::{AtomicU8, AtomicUsize, Ordering};
 
 /// The hook called with each shed or evicted item.
 pub(super) type ShedHook<T> = Box<dyn Fn(&T) + Send + Sync>;
@@ -20,17 +22,44 @@ pub(super) struct Shared<T> {
     pub(super) stop: CancellationToken,
     /// Cancelled when the deadline passes: workers take no new item.
     pub(super) worker_token: CancellationToken,
-    pub(super) processed: AtomicU64,
-    pub(super) panicked: AtomicU64,
+    /// What the workers did with the items they took.
+    pub(super) ledger: Ledger,
+    /// Each worker's item waiting for a retry, where shutdown can hand it back.
+    parked: Box<[Mutex<Option<T>>]>,
+    /// Workers that gave up building their state.
+    not_started: AtomicUsize,
+    pub(super) spawner: Arc<dyn Spawner>,
     pub(super) on_shed: Option<ShedHook<T>>,
-    pub(super) on_panic: OnPanic,
     /// What stopped the pipeline first (`StopCause` as `cause_code`; 0 until then).
-    pub(super) cause: AtomicU8,
+    cause: AtomicU8,
     #[cfg(feature = "tracing")]
     pub(super) shed_log: crate::shed_log::ShedLog,
 }
 
 impl<T> Shared<T> {
+    pub(super) fn new(
+        queue: Queue<T>,
+        stop: CancellationToken,
+        worker_token: CancellationToken,
+        workers: usize,
+        spawner: Arc<dyn Spawner>,
+        on_shed: Option<ShedHook<T>>,
+    ) -> Shared<T> {
+        Shared {
+            queue,
+            stop,
+            worker_token,
+            ledger: Ledger::new(),
+            parked: (0..workers).map(|_| Mutex::new(None)).collect(),
+            not_started: AtomicUsize::new(0),
+            spawner,
+            on_shed,
+            cause: AtomicU8::new(0),
+            #[cfg(feature = "tracing")]
+            shed_log: crate::shed_log::ShedLog::new(),
+        }
+    }
+
     pub(super) async fn push(&self, item: T) -> PushOutcome<T> {
         let outcome = self.queue.push(item).await;
         self.observe(&outcome);
@@ -43,10 +72,17 @@ impl<T> Shared<T> {
         outcome
     }
 
-    /// The first panic under [`OnPanic::StopPipeline`]: stop intake, close the queue, and
-    /// tell the workers to take no new item. Shutdown then finds them gone.
-    pub(super) fn stop_on_panic(&self) {
-        self.set_cause(StopCause::Panic);
+    pub(super) fn push_blocking(&self, item: T) -> PushOutcome<T> {
+        let outcome = self.queue.push_blocking(item);
+        self.observe(&outcome);
+        outcome
+    }
+
+    /// A stop from inside: a panic under [`OnPanic::StopPipeline`](super::OnPanic), or no
+    /// worker able to start. Stop intake, close the queue, and tell the workers to take no
+    /// new item. Shutdown then finds them gone.
+    pub(super) fn stop_with(&self, cause: StopCause) {
+        self.set_cause(cause);
         self.stop.cancel();
         self.worker_token.cancel();
         self.queue.close();
@@ -58,6 +94,7 @@ impl<T> Shared<T> {
             StopCause::Shutdown => 1,
             StopCause::External => 2,
             StopCause::Panic => 3,
+            StopCause::NoWorkers => 4,
         };
         // Relaxed: first writer wins, and the report reads it under the state lock after
         // shutdown's own write.
@@ -71,8 +108,34 @@ impl<T> Shared<T> {
             1 => Some(StopCause::Shutdown),
             2 => Some(StopCause::External),
             3 => Some(StopCause::Panic),
+            4 => Some(StopCause::NoWorkers),
             _ => None,
         }
+    }
+
+    /// Counts a worker that gave up starting; true if it was the last one that could.
+    pub(super) fn not_started(&self) -> bool {
+        // AcqRel: the last worker to give up sees every other's count.
+        self.not_started.fetch_add(1, Ordering::AcqRel) + 1 == self.parked.len()
+    }
+
+    /// Puts worker `index`'s item aside while it waits for a retry.
+    pub(super) fn park(&self, index: usize, item: T) {
+        let old = lock(&self.parked[index]).replace(item);
+        debug_assert!(old.is_none(), "a worker parks one item at a time");
+    }
+
+    /// Takes worker `index`'s parked item back, unless shutdown has taken it.
+    pub(super) fn unpark(&self, index: usize) -> Option<T> {
+        lock(&self.parked[index]).take()
+    }
+
+    /// Takes every parked item, for shutdown to hand back.
+    pub(super) fn take_parked(&self) -> Vec<T> {
+        self.parked
+            .iter()
+            .filter_map(|slot| lock(slot).take())
+            .collect()
     }
 
     /// Makes loss visible beyond the returned item: the hook, and the log. Runs in the
@@ -92,47 +155,30 @@ impl<T> Shared<T> {
         }
     }
 
-    pub(super) fn stats(&self) -> Stats {
-        // The workers' counters first, then the queue's: an item counted processed was
-        // popped before, so the snapshot never shows more processed than popped.
-        let (processed, panicked) = self.worker_counts();
-        self.combine(&self.queue.stats(), processed, panicked)
-    }
-
-    /// The pipeline's counters around the queue's final ones (for the report, once the
-    /// queue is closed and emptied: its counters no longer move).
-    pub(super) fn stats_with(&self, queue: &QueueStats) -> Stats {
-        let (processed, panicked) = self.worker_counts();
-        self.combine(queue, processed, panicked)
-    }
-
-    fn worker_counts(&self) -> (u64, u64) {
-        // Acquire: pairs with the workers' Release increments, which follow their pops; a
-        // queue snapshot taken after these loads includes those pops.
-        (
-            self.processed.load(Ordering::Acquire),
-            self.panicked.load(Ordering::Acquire),
-        )
-    }
-
-    fn combine(&self, queue: &QueueStats, processed: u64, panicked: u64) -> Stats {
-        Stats {
-            produced: queue.accepted + queue.shed,
-            processed,
-            dropped: queue.shed + queue.evicted,
-            panicked,
-            depth: queue.len,
-            peak_depth: queue.peak_len,
-            time_full: queue.time_full,
+    /// Every fate so far. The workers' counters first, then the queue's: an item counted
+    /// processed was popped before, so no snapshot shows more settled than popped.
+    pub(super) fn fates(&self) -> Fates {
+        let workers = self.ledger.counts();
+        Fates {
+            queue: self.queue.stats(),
+            workers,
         }
+    }
+
+    pub(super) fn stats(&self) -> Stats {
+        self.fates().stats()
     }
 
     /// Whether items are left to process: in the queue, or in a worker's hands.
     pub(super) fn backlog_left(&self) -> bool {
-        let (processed, panicked) = self.worker_counts();
-        let queue = self.queue.stats();
-        queue.len > 0 || queue.popped > processed + panicked
+        let fates = self.fates();
+        fates.queue.len > 0 || fates.unsettled() > 0
     }
+}
+
+fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
+    // Held for a few instructions, with no user code; a poisoned one is still valid.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A cloneable handle for producers: push into a [`Pipeline`](crate::Pipeline) from many
@@ -214,6 +260,37 @@ impl<T> Producer<T> {
     /// ```
     pub fn try_push(&self, item: T) -> PushOutcome<T> {
         self.shared.try_push(item)
+    }
+
+    /// Pushes an item from a plain thread, blocking it while the queue is full under
+    /// [`Policy::Block`](crate::Policy::Block); as
+    /// [`Pipeline::push_blocking`](crate::Pipeline::push_blocking). Never call it from async
+    /// code.
+    ///
+    /// # Panics
+    ///
+    /// With the `tokio` feature, when called on a thread that is running a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(1, Policy::Block).spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// let producer = pipeline.producer();
+    /// let sensor = std::thread::spawn(move || {
+    ///     for sample in 0..10 {
+    ///         assert!(producer.push_blocking(sample).is_accepted());
+    ///     }
+    /// });
+    /// # let _ = smol::unblock(move || sensor.join().unwrap()).await;
+    /// assert_eq!(pipeline.shutdown().await.processed, 10);
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn push_blocking(&self, item: T) -> PushOutcome<T> {
+        self.shared.push_blocking(item)
     }
 
     /// A live snapshot of the pipeline's counters.

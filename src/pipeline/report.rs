@@ -8,8 +8,11 @@ use crate::spawner::SpawnError;
 /// What a finished run did with every item and every worker, returned by
 /// [`Pipeline::shutdown`](crate::Pipeline::shutdown).
 ///
-/// On every path, `produced == processed + dropped + abandoned + panicked`
-/// ([`is_conserved`](Report::is_conserved)).
+/// Each accepted item has exactly one fate, and on every path
+/// `produced == processed + failed + dropped + abandoned + panicked`
+/// ([`is_conserved`](Report::is_conserved)), where
+/// `abandoned == handed_back + lost_in_flight`. Cheap to clone: the handed-back items
+/// themselves are taken with [`Pipeline::take_leftovers`](crate::Pipeline::take_leftovers).
 ///
 /// # Examples
 ///
@@ -30,32 +33,53 @@ use crate::spawner::SpawnError;
 pub struct Report {
     /// Items pushed while the pipeline was open: accepted, or shed by the policy.
     pub produced: u64,
-    /// Items whose worker future completed.
+    /// Items whose work succeeded.
     pub processed: u64,
+    /// Items whose work failed for good: an error, or the last attempt of a retried item
+    /// (handed to the dead-letter hook, if the work gave the item back).
+    pub failed: u64,
     /// Items discarded by the policy: incoming ones shed under `DropNewest`, buffered ones
     /// evicted under `DropOldest`.
     pub dropped: u64,
-    /// Accepted items never processed because the deadline passed: left in the queue, or in
-    /// flight in a worker that was stopped or is unresponsive.
+    /// Accepted items never processed because the deadline passed:
+    /// `handed_back + lost_in_flight`.
     pub abandoned: u64,
-    /// Items whose worker future panicked.
+    /// Abandoned items handed back by [`Pipeline::take_leftovers`](crate::Pipeline::take_leftovers):
+    /// left in the queue, or waiting for a retry.
+    pub handed_back: u64,
+    /// Abandoned items that cannot come back: held by a worker that was aborted, or that
+    /// is unresponsive.
+    pub lost_in_flight: u64,
+    /// Items whose work panicked.
     pub panicked: u64,
+    /// Failed attempts that were tried again (an item retried twice counts 2).
+    pub retried: u64,
+    /// Worker states rebuilt after a panic, under [`OnPanic::Restart`].
+    pub restarts: u64,
+    /// Failed attempts to build a worker's state (see
+    /// [`PipelineBuilder::spawn_with_state`](crate::PipelineBuilder::spawn_with_state)).
+    pub start_failures: u64,
     /// Workers started.
     pub workers_spawned: usize,
     /// Workers whose task ended and was joined (including the aborted ones).
     pub workers_joined: usize,
     /// Joined workers that were aborted, or dropped unfinished by their runtime.
     pub workers_aborted: usize,
+    /// Joined workers that ended because their state could not be built after every
+    /// attempt.
+    pub workers_not_started: usize,
     /// Workers still running when shutdown gave up on them (blocked in synchronous code).
     pub workers_unresponsive: usize,
     /// What started the shutdown.
     pub cause: StopCause,
-    /// Whether the deadline passed with items left: in the queue, or in a worker's hands.
+    /// Whether the deadline passed with items left: in the queue, waiting for a retry, or
+    /// in a worker's hands.
     pub deadline_exceeded: bool,
 }
 
 impl Report {
-    /// Whether `produced == processed + dropped + abandoned + panicked`.
+    /// Whether `produced == processed + failed + dropped + abandoned + panicked` and
+    /// `abandoned == handed_back + lost_in_flight`.
     ///
     /// # Examples
     ///
@@ -69,7 +93,9 @@ impl Report {
     /// # }).unwrap();
     /// ```
     pub fn is_conserved(&self) -> bool {
-        self.produced == self.processed + self.dropped + self.abandoned + self.panicked
+        self.produced
+            == self.processed + self.failed + self.dropped + self.abandoned + self.panicked
+            && self.abandoned == self.handed_back + self.lost_in_flight
     }
 
     /// Whether every spawned worker was joined (none unresponsive).
@@ -94,16 +120,23 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "produced {} = processed {} + dropped {} + abandoned {} + panicked {}; \
-             workers: {} spawned, {} joined, {} aborted, {} unresponsive; {:?}{}",
+            "produced {} = processed {} + failed {} + dropped {} + abandoned {} \
+             (handed back {}, lost in flight {}) + panicked {}; retried {}, restarts {}; \
+             workers: {} spawned, {} joined, {} aborted, {} not started, {} unresponsive; {:?}{}",
             self.produced,
             self.processed,
+            self.failed,
             self.dropped,
             self.abandoned,
+            self.handed_back,
+            self.lost_in_flight,
             self.panicked,
+            self.retried,
+            self.restarts,
             self.workers_spawned,
             self.workers_joined,
             self.workers_aborted,
+            self.workers_not_started,
             self.workers_unresponsive,
             self.cause,
             if self.deadline_exceeded {
@@ -139,10 +172,14 @@ pub enum StopCause {
     External,
     /// A worker panicked under [`OnPanic::StopPipeline`].
     Panic,
+    /// No worker could build its state (see
+    /// [`PipelineBuilder::start_retry`](crate::PipelineBuilder::start_retry)): the pipeline
+    /// stopped itself instead of leaving producers waiting for workers that will never come.
+    NoWorkers,
 }
 
-/// What a panic in the worker does. Either way the panic is caught, its item is counted as
-/// panicked, and no task is lost.
+/// What a panic in the worker does. In every case the panic is caught, its item is counted
+/// as panicked, and no task is lost.
 ///
 /// # Examples
 ///
@@ -170,9 +207,15 @@ pub enum OnPanic {
     #[default]
     Isolate,
     /// Stop the pipeline at the first panic: intake stops, the queue closes, the workers take
-    /// no new item, and what is left is abandoned. The report's cause is
+    /// no new item, and what is left is abandoned (handed back). The report's cause is
     /// [`StopCause::Panic`].
     StopPipeline,
+    /// Drop the worker's state (a panic may have left it inconsistent), build a new one
+    /// after a backoff (the [`start_retry`](crate::PipelineBuilder::start_retry) policy,
+    /// growing with consecutive panics), and go on; each rebuild is counted in
+    /// [`Report::restarts`]. For stateless work it is [`Isolate`](OnPanic::Isolate) with a
+    /// backoff.
+    Restart,
 }
 
 /// A pipeline could not be started.

@@ -12,15 +12,15 @@ use std::task::{Context, Poll};
 use futures_channel::oneshot;
 use futures_util::future::{self, AbortHandle, Abortable, Aborted, FutureExt};
 
+use super::invoke::{run_worker, Invoker, Job};
 use super::producer::Shared;
-use super::OnPanic;
 use crate::spawner::{BoxFuture, SpawnError, Spawner};
-use crate::sync::Ordering;
 
 /// How a worker's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Exit {
-    /// The queue was closed and empty, or the worker token was cancelled.
+    /// The queue was closed and empty, or the worker token was cancelled (or the pipeline
+    /// stopped while the worker was still trying to start, with nothing left to do).
     Finished,
     /// Aborted by shutdown or by dropping the pipeline.
     Aborted,
@@ -28,6 +28,8 @@ pub(super) enum Exit {
     Lost,
     /// The worker loop itself panicked (user panics are caught per item).
     Panicked,
+    /// The worker could not build its state, after every attempt.
+    NotStarted,
 }
 
 /// The pipeline's workers: their abort handles, and their outcomes as they arrive.
@@ -148,25 +150,36 @@ pub(super) fn drop_quietly<V>(value: V) {
     }
 }
 
-/// Spawns one worker wrapped so that abort and panic capture are ours (invariant 2).
-pub(super) fn spawn_worker<T, S, F, Fut>(
-    spawner: &S,
+/// Runs a future that is user code, catching a panic in it (whose payload is dropped
+/// quietly): `None` if it panicked.
+pub(super) async fn catch_quietly<F: Future>(future: F) -> Option<F::Output> {
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(output) => Some(output),
+        Err(payload) => {
+            drop_quietly(payload);
+            None
+        }
+    }
+}
+
+/// Spawns worker `index` wrapped so that abort and panic capture are ours (invariant 2).
+pub(super) fn spawn_worker<T, J>(
+    spawner: &dyn Spawner,
     shared: Arc<Shared<T>>,
-    work: Arc<F>,
+    invoker: Arc<Invoker<T, J>>,
+    index: usize,
 ) -> Result<(AbortHandle, oneshot::Receiver<Exit>), SpawnError>
 where
     T: Send + 'static,
-    S: Spawner,
-    F: Fn(T) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    J: Job<T>,
 {
     let (abort, registration) = AbortHandle::new_pair();
     let (sender, exit) = oneshot::channel();
-    let worker = Abortable::new(work_loop(shared, work), registration);
+    let worker = Abortable::new(run_worker(shared, invoker, index), registration);
     let task = async move {
         let mut worker = Box::pin(AssertUnwindSafe(worker).catch_unwind());
         let outcome = match worker.as_mut().await {
-            Ok(Ok(())) => Exit::Finished,
+            Ok(Ok(exit)) => exit,
             Ok(Err(Aborted)) => Exit::Aborted,
             Err(payload) => {
                 drop_quietly(payload);
@@ -174,52 +187,12 @@ where
             }
         };
         // Drop the worker future before sending the outcome: a joined worker holds no item,
-        // no closure and no reference to the pipeline. An aborted worker drops the item it
-        // held here, and an item's `Drop` is user code: a panic in it is caught (the item
-        // is counted abandoned already), so the outcome is still sent.
+        // no state and no reference to the pipeline. An aborted worker drops what it held
+        // here (the ledger records an item in its hands as lost in flight), and a `Drop` is
+        // user code: a panic in it is caught, so the outcome is still sent.
         drop_quietly(worker);
         let _ = sender.send(outcome);
     };
     spawner.spawn(Box::pin(task))?;
     Ok((abort, exit))
-}
-
-/// One worker: pops items and runs `work` on each until the queue is closed and empty, or
-/// the worker token is cancelled.
-async fn work_loop<T, F, Fut>(shared: Arc<Shared<T>>, work: Arc<F>)
-where
-    F: Fn(T) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    loop {
-        // Cooperative stop at the deadline: take no new item.
-        if shared.worker_token.is_cancelled() {
-            return;
-        }
-        // Every stop closes the queue (the stop token's hook), which wakes this pop: it
-        // drains what is left, then ends the loop.
-        let Some(item) = shared.queue.pop().await else {
-            return;
-        };
-        // Release, for the counters here: a stats snapshot that sees the count also sees the
-        // pop before it; the report reads them after the join (invariant 2). A panic in the
-        // user's code is caught per item and counted; by `OnPanic` the worker goes on or the
-        // pipeline stops.
-        match AssertUnwindSafe(async { work(item).await })
-            .catch_unwind()
-            .await
-        {
-            Ok(()) => {
-                shared.processed.fetch_add(1, Ordering::Release);
-            }
-            Err(payload) => {
-                shared.panicked.fetch_add(1, Ordering::Release);
-                // The payload is user code too: a `Drop` that panics must not end the worker.
-                drop_quietly(payload);
-                if shared.on_panic == OnPanic::StopPipeline {
-                    shared.stop_on_panic();
-                }
-            }
-        }
-    }
 }

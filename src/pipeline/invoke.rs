@@ -1,0 +1,383 @@
+//! How a worker runs: it builds its state, takes items one at a time, calls the work,
+//! retries what failed, applies the panic policy, and records each item's fate in the
+//! ledger.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{self, Either, FutureExt};
+
+use super::ledger::{Fate, InHand};
+use super::producer::Shared;
+use super::worker::{catch_quietly, drop_quietly, Exit};
+use super::{OnPanic, StopCause};
+use crate::retry::Retry;
+use crate::work::{Outcome, WorkFuture, WorkOutput};
+
+/// A worker's job: how to build its state, and one call of the work.
+pub(super) trait Job<T>: Send + Sync + 'static {
+    type State: Send;
+    type Error: Send + 'static;
+    type StartError: fmt::Debug + Send;
+
+    fn start(
+        &self,
+        index: usize,
+    ) -> impl Future<Output = Result<Self::State, Self::StartError>> + Send;
+
+    fn call<'a>(
+        &'a self,
+        state: &'a mut Self::State,
+        item: T,
+    ) -> impl Future<Output = Outcome<T, Self::Error>> + Send + 'a;
+}
+
+/// Work with no state: `Fn(T) -> impl Future`.
+pub(super) struct Stateless<F>(pub(super) F);
+
+impl<T, F, Fut> Job<T> for Stateless<F>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: WorkOutput<T>,
+{
+    type State = ();
+    type Error = <Fut::Output as WorkOutput<T>>::Error;
+    type StartError = Infallible;
+
+    fn start(&self, _: usize) -> impl Future<Output = Result<(), Infallible>> + Send {
+        future::ready(Ok(()))
+    }
+
+    fn call<'a>(
+        &'a self,
+        _: &'a mut (),
+        item: T,
+    ) -> impl Future<Output = Outcome<T, Self::Error>> + Send + 'a {
+        (self.0)(item).map(WorkOutput::into_outcome)
+    }
+}
+
+/// Work with a state per worker, built by `init(index)`.
+pub(super) struct Stateful<I, F, S, O> {
+    pub(super) init: I,
+    pub(super) work: F,
+    pub(super) types: PhantomData<fn() -> (S, O)>,
+}
+
+impl<T, I, IFut, IE, F, S, O> Job<T> for Stateful<I, F, S, O>
+where
+    T: Send + 'static,
+    I: Fn(usize) -> IFut + Send + Sync + 'static,
+    IFut: Future<Output = Result<S, IE>> + Send,
+    IE: fmt::Debug + Send,
+    F: for<'a> Fn(&'a mut S, T) -> WorkFuture<'a, O> + Send + Sync + 'static,
+    S: Send + 'static,
+    O: WorkOutput<T>,
+{
+    type State = S;
+    type Error = O::Error;
+    type StartError = IE;
+
+    fn start(&self, index: usize) -> impl Future<Output = Result<S, IE>> + Send {
+        (self.init)(index)
+    }
+
+    fn call<'a>(
+        &'a self,
+        state: &'a mut S,
+        item: T,
+    ) -> impl Future<Output = Outcome<T, O::Error>> + Send + 'a {
+        (self.work)(state, item).map(WorkOutput::into_outcome)
+    }
+}
+
+/// The hooks that see failures: each error, and each item that failed for good with its
+/// item handed back. Set with [`PipelineBuilder::on_error`](crate::PipelineBuilder::on_error)
+/// and [`PipelineBuilder::dead_letter`](crate::PipelineBuilder::dead_letter); the type
+/// parameter of a builder that has them.
+pub struct ErrorHooks<T, E> {
+    pub(super) on_error: Option<ErrorHook<E>>,
+    pub(super) dead_letter: Option<DeadLetterHook<T, E>>,
+}
+
+type ErrorHook<E> = Box<dyn Fn(&E) + Send + Sync>;
+type DeadLetterHook<T, E> = Box<dyn Fn(T, E) + Send + Sync>;
+
+/// The type parameter of a builder with no error hooks: any error type goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoErrorHooks;
+
+impl<T, E> From<NoErrorHooks> for ErrorHooks<T, E> {
+    fn from(_: NoErrorHooks) -> ErrorHooks<T, E> {
+        ErrorHooks {
+            on_error: None,
+            dead_letter: None,
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for ErrorHooks<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErrorHooks")
+            .field("on_error", &self.on_error.as_ref().map(|_| ".."))
+            .field("dead_letter", &self.dead_letter.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+/// Everything a worker needs besides the shared state: the job, the hooks and the policies.
+pub(super) struct Invoker<T, J: Job<T>> {
+    pub(super) job: J,
+    pub(super) hooks: ErrorHooks<T, J::Error>,
+    pub(super) retry: Retry,
+    pub(super) start_retry: Retry,
+    pub(super) on_panic: OnPanic,
+}
+
+/// What one item's call left the worker to do.
+enum Step {
+    /// Take the next item.
+    Next,
+    /// The work panicked.
+    Panicked,
+    /// The deadline passed during a retry's wait: the item is parked, the worker ends.
+    Stop,
+}
+
+/// How an attempt to build a worker's state ended.
+enum Start<S> {
+    Ready(S),
+    /// Every attempt failed.
+    GaveUp,
+    /// The pipeline stopped first, with nothing left for this worker.
+    Stopped,
+}
+
+impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
+    /// One worker's life: build the state, take items until the queue is closed and empty
+    /// or the deadline passes, rebuild the state after a panic under `OnPanic::Restart`.
+    pub(super) async fn run(&self, shared: &Shared<T>, index: usize) -> Exit {
+        let mut hand = InHand::new(&shared.ledger);
+        // Consecutive panics, for the restart's backoff.
+        let mut panics = 0;
+        let mut state = match self.start(shared, index, 0).await {
+            Start::Ready(state) => state,
+            Start::GaveUp => return self.gave_up(shared),
+            Start::Stopped => return Exit::Finished,
+        };
+        loop {
+            // Cooperative stop at the deadline: take no new item.
+            if shared.worker_token.is_cancelled() {
+                return Exit::Finished;
+            }
+            // Every stop closes the queue (the stop token's hook), which wakes this pop: it
+            // drains what is left, then ends the loop.
+            let Some(item) = shared.queue.pop().await else {
+                return Exit::Finished;
+            };
+            hand.take();
+            match self
+                .invoke(shared, index, &mut state, item, &mut hand)
+                .await
+            {
+                Step::Next => panics = 0,
+                Step::Stop => return Exit::Finished,
+                Step::Panicked => match self.on_panic {
+                    OnPanic::Isolate => {}
+                    OnPanic::StopPipeline => shared.stop_with(StopCause::Panic),
+                    OnPanic::Restart => {
+                        // The old state may be poisoned: drop it (its `Drop` is user code)
+                        // and build a new one after a backoff.
+                        drop_quietly(state);
+                        shared.ledger.restarted();
+                        panics += 1;
+                        state = match self.start(shared, index, panics).await {
+                            Start::Ready(state) => state,
+                            Start::GaveUp => return self.gave_up(shared),
+                            Start::Stopped => return Exit::Finished,
+                        };
+                    }
+                },
+            }
+        }
+    }
+
+    /// Builds the worker's state, trying again with backoff; `after_panics` > 0 waits a
+    /// backoff first (a restart).
+    async fn start(&self, shared: &Shared<T>, index: usize, after_panics: u32) -> Start<J::State> {
+        if after_panics > 0
+            && !self
+                .wait_to_start(shared, self.start_retry.wait(after_panics))
+                .await
+        {
+            return Start::Stopped;
+        }
+        let mut failed = 0;
+        loop {
+            match catch_quietly(self.job.start(index)).await {
+                Some(Ok(state)) => return Start::Ready(state),
+                #[cfg(feature = "tracing")]
+                Some(Err(err)) => {
+                    tracing::warn!(worker = index, error = ?err, "a worker's state could not be built");
+                    drop_quietly(err);
+                }
+                #[cfg(not(feature = "tracing"))]
+                Some(Err(err)) => drop_quietly(err),
+                None => {}
+            }
+            shared.ledger.start_failed();
+            failed += 1;
+            // Ends: `failed` grows by one each turn, up to the attempts allowed.
+            if failed >= self.start_retry.max_attempts() {
+                return Start::GaveUp;
+            }
+            if !self
+                .wait_to_start(shared, self.start_retry.wait(failed))
+                .await
+            {
+                return Start::Stopped;
+            }
+        }
+    }
+
+    /// A worker that could not build its state ends; when none is left that can, the
+    /// pipeline stops (nothing would ever take an item), with a cause that says so.
+    fn gave_up(&self, shared: &Shared<T>) -> Exit {
+        if shared.not_started() {
+            shared.stop_with(StopCause::NoWorkers);
+        }
+        Exit::NotStarted
+    }
+
+    /// Waits `wait` before the next attempt to start; false if the deadline passed first,
+    /// or the pipeline stopped with nothing left in the queue.
+    async fn wait_to_start(&self, shared: &Shared<T>, wait: Duration) -> bool {
+        let nothing_left = async {
+            shared.stop.cancelled().await;
+            if !shared.queue.is_empty() {
+                // Items are left to drain: only the deadline (or the backoff) ends the wait.
+                future::pending::<()>().await;
+            }
+        };
+        let (deadline, nothing_left) = (pin!(shared.worker_token.cancelled()), pin!(nothing_left));
+        let ended = future::select(deadline, nothing_left);
+        matches!(
+            future::select(shared.spawner.sleep(wait), ended).await,
+            Either::Left(_)
+        )
+    }
+
+    /// One item: call the work, retry what failed, record its fate, run the hooks.
+    async fn invoke(
+        &self,
+        shared: &Shared<T>,
+        index: usize,
+        state: &mut J::State,
+        mut item: T,
+        hand: &mut InHand<'_>,
+    ) -> Step {
+        let mut failed = 0;
+        loop {
+            let call = AssertUnwindSafe(self.job.call(state, item)).catch_unwind();
+            let outcome = match call.await {
+                Ok(outcome) => outcome,
+                Err(payload) => {
+                    hand.settle(Fate::Panicked);
+                    // The payload is user code too: a `Drop` that panics must not end the
+                    // worker.
+                    drop_quietly(payload);
+                    return Step::Panicked;
+                }
+            };
+            // Counts before user code: each fate is recorded before the hooks run.
+            let (retry, error) = match outcome {
+                Outcome::Done => {
+                    hand.settle(Fate::Processed);
+                    return Step::Next;
+                }
+                Outcome::Failed(error) => {
+                    hand.settle(Fate::Failed);
+                    self.on_error(error);
+                    return Step::Next;
+                }
+                Outcome::Reject(item, error) => {
+                    hand.settle(Fate::Failed);
+                    self.dead_letter(item, error);
+                    return Step::Next;
+                }
+                Outcome::Retry(item, error) => (item, error),
+            };
+            failed += 1;
+            // Ends: `failed` grows by one each turn, up to the attempts allowed.
+            if failed >= self.retry.max_attempts() {
+                hand.settle(Fate::Failed);
+                self.dead_letter(retry, error);
+                return Step::Next;
+            }
+            shared.ledger.retried();
+            // Parked while it waits: the deadline, an abort or an unresponsive worker
+            // leaves it where shutdown hands it back.
+            shared.park(index, retry);
+            hand.park();
+            self.on_error(error);
+            let wait = self.retry.wait(failed);
+            let deadline = pin!(shared.worker_token.cancelled());
+            if let Either::Right(_) = future::select(shared.spawner.sleep(wait), deadline).await {
+                return Step::Stop;
+            }
+            match shared.unpark(index) {
+                Some(parked) => {
+                    item = parked;
+                    hand.take();
+                }
+                // Shutdown took it (it gave up on this worker): it is handed back.
+                None => return Step::Stop,
+            }
+        }
+    }
+
+    fn on_error(&self, error: J::Error) {
+        if let Some(hook) = &self.hooks.on_error {
+            catch_quietly_sync(|| hook(&error));
+        }
+        drop_quietly(error);
+    }
+
+    fn dead_letter(&self, item: T, error: J::Error) {
+        if let Some(hook) = &self.hooks.on_error {
+            catch_quietly_sync(|| hook(&error));
+        }
+        match &self.hooks.dead_letter {
+            Some(hook) => catch_quietly_sync(move || hook(item, error)),
+            None => {
+                drop_quietly(item);
+                drop_quietly(error);
+            }
+        }
+    }
+}
+
+/// Runs a hook (user code) after the item's fate is recorded; a panic in it is caught and
+/// forgotten, so that a hook cannot take the worker down.
+fn catch_quietly_sync(hook: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(hook)) {
+        std::mem::forget(payload);
+    }
+}
+
+/// The worker's whole life, for its task.
+pub(super) async fn run_worker<T: Send + 'static, J: Job<T>>(
+    shared: Arc<Shared<T>>,
+    invoker: Arc<Invoker<T, J>>,
+    index: usize,
+) -> Exit {
+    invoker.run(&shared, index).await
+}

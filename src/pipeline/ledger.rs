@@ -1,0 +1,188 @@
+//! The ledger: where each accepted item's one fate is recorded.
+//!
+//! The queue records the fates it decides under its lock (accepted, shed, evicted, popped);
+//! this records what becomes of a popped item: processed, failed, panicked, or lost in
+//! flight (its worker was aborted while it held the item). An item waiting for a retry sits
+//! in its worker's parking slot, and shutdown hands it back with the queue's leftovers.
+//! [`Stats`] and [`Report`](super::Report) are both views of the same [`Fates`], so the
+//! conservation law is one sum over one structure:
+//!
+//! ```text
+//! produced = shed + accepted
+//! accepted = evicted + popped + in queue
+//! popped   = processed + failed + panicked + lost + parked + in a worker's hands
+//! ```
+
+use crate::stats::{QueueStats, Stats};
+use crate::sync::{AtomicU64, Ordering};
+
+/// What became of a popped item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fate {
+    Processed,
+    Failed,
+    Panicked,
+}
+
+/// The workers' side of the ledger. Each counter only grows.
+#[derive(Debug)]
+pub(super) struct Ledger {
+    processed: AtomicU64,
+    failed: AtomicU64,
+    panicked: AtomicU64,
+    /// Items a worker held when its future was dropped (aborted, or its runtime shut down).
+    lost: AtomicU64,
+    /// Failed attempts that were tried again (not a fate: the item is still in play).
+    retried: AtomicU64,
+    /// Worker states rebuilt after a panic ([`OnPanic::Restart`](super::OnPanic::Restart)).
+    restarts: AtomicU64,
+    /// Failed attempts to build a worker's state.
+    start_failures: AtomicU64,
+}
+
+/// The workers' counters, read at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct WorkerCounts {
+    pub(super) processed: u64,
+    pub(super) failed: u64,
+    pub(super) panicked: u64,
+    pub(super) lost: u64,
+    pub(super) retried: u64,
+    pub(super) restarts: u64,
+    pub(super) start_failures: u64,
+}
+
+impl WorkerCounts {
+    /// Popped items whose fate is recorded here.
+    pub(super) fn settled(&self) -> u64 {
+        self.processed + self.failed + self.panicked + self.lost
+    }
+}
+
+/// Every fate, from the queue's counters and the workers'.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Fates {
+    pub(super) queue: QueueStats,
+    pub(super) workers: WorkerCounts,
+}
+
+impl Ledger {
+    pub(super) fn new() -> Ledger {
+        Ledger {
+            processed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            start_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn record(&self, fate: Fate) {
+        let counter = match fate {
+            Fate::Processed => &self.processed,
+            Fate::Failed => &self.failed,
+            Fate::Panicked => &self.panicked,
+        };
+        // Release: a snapshot that sees this count also sees the pop before it (it reads
+        // these first, with Acquire, and the queue's counters after).
+        counter.fetch_add(1, Ordering::Release);
+    }
+
+    pub(super) fn retried(&self) {
+        // Relaxed: an event count, in no sum with the queue's counters.
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn restarted(&self) {
+        // Relaxed: as `retried`.
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn start_failed(&self) {
+        // Relaxed: as `retried`.
+        self.start_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn counts(&self) -> WorkerCounts {
+        // Acquire: pairs with the Release increments, which follow their pops; a queue
+        // snapshot taken after these loads includes those pops.
+        WorkerCounts {
+            processed: self.processed.load(Ordering::Acquire),
+            failed: self.failed.load(Ordering::Acquire),
+            panicked: self.panicked.load(Ordering::Acquire),
+            lost: self.lost.load(Ordering::Acquire),
+            retried: self.retried.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            start_failures: self.start_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Fates {
+    pub(super) fn stats(&self) -> Stats {
+        let (q, w) = (&self.queue, &self.workers);
+        Stats {
+            produced: q.accepted + q.shed,
+            processed: w.processed,
+            failed: w.failed,
+            dropped: q.shed + q.evicted,
+            panicked: w.panicked,
+            retried: w.retried,
+            restarts: w.restarts,
+            depth: q.len,
+            peak_depth: q.peak_len,
+            time_full: q.time_full,
+        }
+    }
+
+    /// Popped items with no recorded fate: parked for a retry, or in a worker's hands.
+    pub(super) fn unsettled(&self) -> u64 {
+        // Never negative: a fate is recorded after its pop, and read before it (`counts`).
+        self.queue.popped.saturating_sub(self.workers.settled())
+    }
+}
+
+/// An item in a worker's hands: if the worker's future is dropped (aborted) while it holds
+/// one, the item is lost in flight, and the drop records it.
+#[derive(Debug)]
+pub(super) struct InHand<'a> {
+    ledger: &'a Ledger,
+    held: bool,
+}
+
+impl<'a> InHand<'a> {
+    /// Empty hands.
+    pub(super) fn new(ledger: &'a Ledger) -> InHand<'a> {
+        InHand {
+            ledger,
+            held: false,
+        }
+    }
+
+    /// An item was taken (popped, or back from its parking slot).
+    pub(super) fn take(&mut self) {
+        self.held = true;
+    }
+
+    /// The item's fate, recorded before any user code that follows can run.
+    pub(super) fn settle(&mut self, fate: Fate) {
+        self.held = false;
+        self.ledger.record(fate);
+    }
+
+    /// The item went to a parking slot, from which shutdown can hand it back.
+    pub(super) fn park(&mut self) {
+        self.held = false;
+    }
+}
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            // Release: as `Ledger::record`.
+            self.ledger.lost.fetch_add(1, Ordering::Release);
+        }
+    }
+}
