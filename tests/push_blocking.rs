@@ -181,11 +181,17 @@ fn after_close_every_policy_returns_closed() {
     assert_eq!(live.count(), 0, "an item leaked");
 }
 
-/// The outcomes of one script, pushing with `push`, and the queue's counters after it.
-fn run_script(
-    policy: Policy,
-    push: fn(&Queue<Item>, Item) -> PushOutcome<Item>,
-) -> (Vec<PushOutcome<u32>>, Vec<u32>, (u64, u64, u64, u64)) {
+/// What one script did: each push's outcome, the items left, and the counters after it.
+#[derive(Debug, PartialEq)]
+struct ScriptRun {
+    outcomes: Vec<PushOutcome<u32>>,
+    left: Vec<u32>,
+    /// `(accepted, shed, evicted, popped)`.
+    counters: (u64, u64, u64, u64),
+}
+
+/// Runs one script on a capacity-3 queue, pushing with `push`.
+fn run_script(policy: Policy, push: fn(&Queue<Item>, Item) -> PushOutcome<Item>) -> ScriptRun {
     let live = Live::new();
     let queue = Queue::new(3, policy).expect("a valid capacity");
     let mut outcomes = Vec::new();
@@ -203,54 +209,64 @@ fn run_script(
     queue.close();
     let left = std::iter::from_fn(|| pop_id(&queue)).collect();
     assert_eq!(live.count(), 0, "{policy:?}: an item leaked");
-    (
+    ScriptRun {
         outcomes,
         left,
-        (stats.accepted, stats.shed, stats.evicted, stats.popped),
-    )
+        counters: (stats.accepted, stats.shed, stats.evicted, stats.popped),
+    }
 }
 
 // (c) Under the shedding policies it never waits, and does exactly what `try_push` does:
 // `Accepted` while there is room, then `Shed` (DropNewest) or `Evicted` (DropOldest), with
-// the same counters and the same items left. Nothing pops while the queue is full, so a
-// wait would hang the test.
+// the same counters and the same items left. Only this thread pops, so a push that waited
+// would hang the test.
 #[test]
 fn under_shedding_policies_it_is_try_push() {
-    let expected_outcomes = |shed: fn(u32) -> PushOutcome<u32>| {
-        let mut expected = vec![PushOutcome::Accepted; 3];
-        expected.extend([shed(3), shed(4), PushOutcome::Accepted]);
-        expected.extend([shed(6), shed(7), shed(8)]);
-        expected
+    use PushOutcome::{Accepted, Evicted, Shed};
+    // Pushes 0..5 into a capacity-3 queue, pops one (0 under DropNewest, 2 under
+    // DropOldest), pushes 5..9.
+    let drop_newest = ScriptRun {
+        outcomes: vec![
+            Accepted,
+            Accepted,
+            Accepted,
+            Shed(3),
+            Shed(4),
+            Accepted,
+            Shed(6),
+            Shed(7),
+            Shed(8),
+        ],
+        left: vec![1, 2, 5],
+        counters: (4, 5, 0, 1),
     };
-    let cases = [
-        (
-            Policy::DropNewest,
-            expected_outcomes(PushOutcome::Shed),
-            vec![1, 2, 5],
-            (4, 5, 0, 1),
-        ),
-        (
-            Policy::DropOldest,
-            // Each evicts the oldest queued: 0 and 1, then (after 2 is popped) 3, 4, 5.
-            {
-                let mut expected = vec![PushOutcome::Accepted; 3];
-                expected.extend([PushOutcome::Evicted(0), PushOutcome::Evicted(1)]);
-                expected.push(PushOutcome::Accepted);
-                expected.extend([3, 4, 5].map(PushOutcome::Evicted));
-                expected
-            },
-            vec![6, 7, 8],
-            (9, 0, 5, 1),
-        ),
-    ];
-    for (policy, outcomes, left, counters) in cases {
+    // Each push into a full queue evicts the oldest queued item.
+    let drop_oldest = ScriptRun {
+        outcomes: vec![
+            Accepted,
+            Accepted,
+            Accepted,
+            Evicted(0),
+            Evicted(1),
+            Accepted,
+            Evicted(3),
+            Evicted(4),
+            Evicted(5),
+        ],
+        left: vec![6, 7, 8],
+        counters: (9, 0, 5, 1),
+    };
+    for (policy, expected) in [
+        (Policy::DropNewest, drop_newest),
+        (Policy::DropOldest, drop_oldest),
+    ] {
         let blocking = run_script(policy, Queue::push_blocking);
         let trying = run_script(policy, Queue::try_push);
         assert_eq!(
             blocking, trying,
             "{policy:?}: push_blocking is not try_push"
         );
-        assert_eq!(blocking, (outcomes, left, counters), "{policy:?}");
+        assert_eq!(blocking, expected, "{policy:?}");
     }
 }
 

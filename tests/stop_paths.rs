@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use backpressure_pipeline::{CancellationToken, OnPanic, Pipeline, Policy, PushOutcome, StopCause};
 use common::{Live, Sp};
-use futures_util::FutureExt;
 
 /// How a test stops its pipeline.
 #[derive(Debug, Clone, Copy)]
