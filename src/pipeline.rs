@@ -238,6 +238,7 @@ impl<T: Send + 'static> Pipeline<T> {
     /// # Ok::<(), backpressure_pipeline::BuildError>(())
     /// # }).unwrap();
     /// ```
+    #[track_caller]
     pub fn push_blocking(&self, item: T) -> PushOutcome<T> {
         self.shared.push_blocking(item)
     }

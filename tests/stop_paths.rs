@@ -18,12 +18,21 @@ use common::{Live, Sp};
 #[derive(Debug, Clone, Copy)]
 enum Stop {
     Shutdown,
+    /// The parent is a `CancellationToken`, cancelled.
     Parent,
+    /// The parent is a future (a oneshot's receiver), completed.
+    ParentFuture,
     Panic,
     Drop,
 }
 
-const STOPS: [Stop; 4] = [Stop::Shutdown, Stop::Parent, Stop::Panic, Stop::Drop];
+const STOPS: [Stop; 5] = [
+    Stop::Shutdown,
+    Stop::Parent,
+    Stop::ParentFuture,
+    Stop::Panic,
+    Stop::Drop,
+];
 
 /// What a worker does with an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,18 +48,28 @@ enum Job {
 struct Rig {
     pipeline: Option<Pipeline<Job>>,
     parent: CancellationToken,
+    /// Completes the parent future, when the parent is one.
+    parent_future: Option<futures_channel::oneshot::Sender<()>>,
     trigger: CancellationToken,
     /// Alive while a worker can still run: the work closure holds it.
     workers_alive: Live,
 }
 
-fn rig(sp: Sp, capacity: usize, workers: usize) -> Rig {
+fn rig(sp: Sp, capacity: usize, workers: usize, stop: Stop) -> Rig {
     let parent = CancellationToken::new();
     let trigger = CancellationToken::new();
     let workers_alive = Live::new();
-    let pipeline = Pipeline::builder(capacity, Policy::Block)
-        .workers(workers)
-        .parent(&parent)
+    let builder = Pipeline::builder(capacity, Policy::Block).workers(workers);
+    let (builder, parent_future) = if let Stop::ParentFuture = stop {
+        let (complete, completed) = futures_channel::oneshot::channel::<()>();
+        let builder = builder.parent(async move {
+            let _ = completed.await;
+        });
+        (builder, Some(complete))
+    } else {
+        (builder.parent(&parent), None)
+    };
+    let pipeline = builder
         .on_panic(OnPanic::StopPipeline)
         .deadline(Duration::ZERO)
         .grace(Duration::ZERO)
@@ -77,6 +96,7 @@ fn rig(sp: Sp, capacity: usize, workers: usize) -> Rig {
     Rig {
         pipeline: Some(pipeline),
         parent,
+        parent_future,
         trigger,
         workers_alive,
     }
@@ -107,6 +127,10 @@ impl Rig {
             Stop::Parent => {
                 self.parent.cancel();
             }
+            Stop::ParentFuture => {
+                let complete = self.parent_future.take().expect("a future parent");
+                complete.send(()).expect("the watcher waits for it");
+            }
             Stop::Panic => {
                 self.trigger.cancel();
             }
@@ -119,7 +143,7 @@ async fn each_stop_releases_a_producer_parked_on_a_full_queue(sp: Sp) {
     for stop in STOPS {
         // Two workers hold a job each (one sticks, one panics on the trigger); the queue
         // holds a third; a producer waits for room that never comes from the workers.
-        let mut rig = rig(sp.clone(), 1, 2);
+        let mut rig = rig(sp.clone(), 1, 2, stop);
         rig.hand_to_a_worker(Job::Stick).await;
         rig.hand_to_a_worker(Job::PanicOnTrigger).await;
         assert!(rig.pipeline().push(Job::Quick).await.is_accepted());
@@ -138,7 +162,7 @@ async fn each_stop_releases_a_producer_parked_on_a_full_queue(sp: Sp) {
             assert!(report.is_conserved(), "{stop:?}: {report}");
             let cause = match stop {
                 Stop::Shutdown => StopCause::Shutdown,
-                Stop::Parent => StopCause::External,
+                Stop::Parent | Stop::ParentFuture => StopCause::External,
                 Stop::Panic => StopCause::Panic,
                 Stop::Drop => unreachable!(),
             };
@@ -149,7 +173,7 @@ async fn each_stop_releases_a_producer_parked_on_a_full_queue(sp: Sp) {
 
 async fn each_stop_releases_workers_parked_on_an_empty_queue(sp: Sp) {
     for stop in STOPS {
-        let mut rig = rig(sp.clone(), 4, 3);
+        let mut rig = rig(sp.clone(), 4, 3, stop);
         if let Stop::Panic = stop {
             // One worker waits to panic; the other two wait on the empty queue.
             rig.hand_to_a_worker(Job::PanicOnTrigger).await;
@@ -174,7 +198,7 @@ async fn a_push_racing_shutdown_never_leaks(sp: Sp) {
     // producer's `push(x).await` racing `shutdown()`: the push returns `Closed(x)`.
     let rounds = 50 * common_iters();
     for round in 0..rounds {
-        let rig = rig(sp.clone(), 1, 1);
+        let rig = rig(sp.clone(), 1, 1, Stop::Shutdown);
         rig.hand_to_a_worker(Job::Stick).await;
         assert!(rig.pipeline().push(Job::Quick).await.is_accepted());
         let producer = rig.pipeline().producer();

@@ -72,6 +72,7 @@ impl<T> Shared<T> {
         outcome
     }
 
+    #[track_caller]
     pub(super) fn push_blocking(&self, item: T) -> PushOutcome<T> {
         let outcome = self.queue.push_blocking(item);
         self.observe(&outcome);
@@ -289,6 +290,7 @@ impl<T> Producer<T> {
     /// # Ok::<(), backpressure_pipeline::BuildError>(())
     /// # }).unwrap();
     /// ```
+    #[track_caller]
     pub fn push_blocking(&self, item: T) -> PushOutcome<T> {
         self.shared.push_blocking(item)
     }
