@@ -39,6 +39,18 @@ use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, MutexGuard, Ordering};
 /// the last clone of a node is dropped, the node leaves the tree and its children move up to
 /// its parent.
 ///
+/// # Relation to tokio-util's `CancellationToken`
+///
+/// The same shape and the same names as `tokio_util::sync::CancellationToken` (`new`,
+/// `child_token`, `cancel`, `is_cancelled`, `cancelled`, `cancelled_owned`, `drop_guard`),
+/// without tokio: it is built on `event-listener` and runs on any runtime. Two differences:
+/// [`cancel`](CancellationToken::cancel) returns whether this call did it (tokio-util's
+/// returns `()`), and the two kinds of token are not interchangeable types. To stop a
+/// pipeline with a tokio-util token, give its `cancelled_owned()` future as the parent
+/// ([`PipelineBuilder::parent`](crate::PipelineBuilder::parent) takes any
+/// `Future<Output = ()> + Send + 'static`); to stop tokio-util-based code with this one, pass
+/// [`cancelled_owned`](CancellationToken::cancelled_owned) the other way.
+///
 /// # Examples
 ///
 /// ```

@@ -13,7 +13,14 @@
 //! - [`Pipeline`]: N workers on any runtime through a [`Spawner`], and a structured
 //!   [`shutdown`](Pipeline::shutdown) (stop intake → close → drain → deadline → cancel →
 //!   abort → join every worker) whose [`Report`] satisfies
-//!   `produced == processed + dropped + abandoned + panicked` on every path.
+//!   `produced == processed + failed + dropped + abandoned + panicked` on every path, and
+//!   which hands back what was accepted but not processed
+//!   ([`take_leftovers`](Pipeline::take_leftovers)).
+//! - Workers that real services need: fallible work (`Result<(), E>`, or an [`Outcome`] that
+//!   hands a failed item back), [retries](PipelineBuilder::retry) with backoff and a
+//!   [dead-letter hook](PipelineBuilder::dead_letter), a
+//!   [state per worker](PipelineBuilder::spawn_with_state) (a connection) rebuilt after a
+//!   panic ([`OnPanic::Restart`]), and any [`StopSignal`] as parent: a token, or any future.
 //! - Loss you can see while it happens: live [`Stats`] from the pipeline or any
 //!   [`Producer`] handle, a hook called with each shed item
 //!   ([`on_shed`](PipelineBuilder::on_shed)), and with the `tracing` feature one warning when

@@ -51,7 +51,9 @@ use worker::{drop_each, Exit, Workers};
 /// number of tasks (share the pipeline with an `Arc`). [`shutdown`](Pipeline::shutdown)
 /// stops intake, closes the queue, lets the workers drain it until the deadline, then
 /// cancels the worker token, aborts stragglers, joins every worker and returns a
-/// [`Report`] in which `produced == processed + dropped + abandoned + panicked`.
+/// [`Report`] in which `produced == processed + failed + dropped + abandoned + panicked`;
+/// [`take_leftovers`](Pipeline::take_leftovers) then hands back what was accepted but not
+/// processed.
 ///
 /// Dropping a pipeline without shutting it down aborts its workers: no task outlives it
 /// for longer than its current poll.
@@ -263,8 +265,8 @@ impl<T: Send + 'static> Pipeline<T> {
         }
     }
 
-    /// A live snapshot of the counters: produced, processed, dropped, panicked, the queue's
-    /// depth and peak depth, and the time it has spent full.
+    /// A live snapshot of the counters: produced, processed, failed, dropped, panicked,
+    /// retried, restarts, the queue's depth and peak depth, and the time it has spent full.
     ///
     /// # Examples
     ///
@@ -364,7 +366,8 @@ impl<T: Send + 'static> Pipeline<T> {
     /// deadline → cancel the worker token and wait one [grace](PipelineBuilder::grace) for
     /// workers to stop → abort the rest → join every worker, naming those still running
     /// after [`unresponsive_after`](PipelineBuilder::unresponsive_after) unresponsive →
-    /// count what is left in the queue as abandoned. It never waits longer than
+    /// hand back what is left (in the queue, or waiting for a retry) through
+    /// [`take_leftovers`](Pipeline::take_leftovers), counted as abandoned. It never waits longer than
     /// deadline + grace + `unresponsive_after`, even when every runtime thread is blocked:
     /// its waits race the runtime's timer against a timer thread of the crate's own (a
     /// single-threaded runtime whose only thread is blocked runs no task at all, this one
@@ -376,10 +379,9 @@ impl<T: Send + 'static> Pipeline<T> {
     ///
     /// # Panics
     ///
-    /// Items left in the queue are dropped after the report is committed, each one even if
-    /// another's `Drop` panics; then the first such panic (or one from a `tracing`
-    /// subscriber's summary line) surfaces here, and a later or concurrent call returns the
-    /// committed report.
+    /// Only if a `tracing` subscriber panics on the summary line; the report is committed
+    /// first, and a later or concurrent call returns it. Shutdown drops no item: those left
+    /// are handed back.
     ///
     /// # Cancel safety
     ///
@@ -398,7 +400,10 @@ impl<T: Send + 'static> Pipeline<T> {
     /// }
     /// let report = pipeline.shutdown().await;
     /// assert_eq!(report.produced, 10);
-    /// assert_eq!(report.produced, report.processed + report.dropped + report.abandoned + report.panicked);
+    /// assert_eq!(
+    ///     report.produced,
+    ///     report.processed + report.failed + report.dropped + report.abandoned + report.panicked
+    /// );
     /// assert_eq!(report.cause, StopCause::Shutdown);
     /// assert_eq!(pipeline.shutdown().await, report);
     /// # Ok::<(), backpressure_pipeline::BuildError>(())

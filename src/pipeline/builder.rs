@@ -317,6 +317,9 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     ///         |_worker| async { Err::<(), _>("the database is down") },
     ///         |_: &mut (), _: u8| -> WorkFuture<'_, ()> { Box::pin(async {}) },
     ///     )?;
+    /// while !pipeline.is_closed() {
+    ///     smol::future::yield_now().await; // the workers try, and give up
+    /// }
     /// let report = pipeline.shutdown().await;
     /// assert_eq!(report.cause, StopCause::NoWorkers);
     /// assert_eq!((report.workers_not_started, report.start_failures), (2, 4));
@@ -382,7 +385,7 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// # Examples
     ///
     /// ```
-    /// use std::sync::{Arc, Mutex, PoisonError};
+    /// use std::sync::{Arc, Mutex};
     /// use backpressure_pipeline::{Outcome, Pipeline, Policy, SmolSpawner};
     ///
     /// # smol::block_on(async {
@@ -503,7 +506,7 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// // Each worker owns a "connection": here a buffer of the rows it wrote.
     /// let pipeline = Pipeline::builder(16, Policy::Block).workers(2).spawn_with_state(
     ///     SmolSpawner::new(),
-    ///     |worker| async move { Ok::<_, std::io::Error>(Vec::<(usize, u32)>::new()) },
+    ///     |_worker| async move { Ok::<_, std::io::Error>(Vec::<(usize, u32)>::new()) },
     ///     |rows: &mut Vec<(usize, u32)>, row: u32| Box::pin(async move {
     ///         rows.push((0, row));
     ///         Ok::<(), std::io::Error>(())

@@ -23,7 +23,7 @@ use crate::spawner::BoxFuture;
 /// # Examples
 ///
 /// ```
-/// use backpressure_pipeline::{Pipeline, Policy, PushOutcome, SmolSpawner, StopCause};
+/// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner, StopCause};
 ///
 /// # smol::block_on(async {
 /// let (stop, stopped) = futures_channel::oneshot::channel::<()>();
@@ -33,6 +33,9 @@ use crate::spawner::BoxFuture;
 ///     })
 ///     .spawn(SmolSpawner::new(), |_: u8| async {})?;
 /// stop.send(()).unwrap();
+/// while !pipeline.is_closed() {
+///     smol::future::yield_now().await; // the watcher task stops the pipeline
+/// }
 /// let report = pipeline.shutdown().await;
 /// assert_eq!(report.cause, StopCause::External);
 /// # Ok::<(), backpressure_pipeline::BuildError>(())
