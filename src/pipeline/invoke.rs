@@ -222,7 +222,8 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
         }
         let mut failed = 0;
         loop {
-            match catch_quietly(self.job.start(index)).await {
+            // The call inside the caught future: `init` may panic before it returns one.
+            match catch_quietly(async { self.job.start(index).await }).await {
                 Some(Ok(state)) => return Start::Ready(state),
                 #[cfg(feature = "tracing")]
                 Some(Err(err)) => {
@@ -286,7 +287,9 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
     ) -> Step {
         let mut failed = 0;
         loop {
-            let call = AssertUnwindSafe(self.job.call(state, item)).catch_unwind();
+            // The call inside the caught future: the work may panic before it returns one.
+            let call =
+                AssertUnwindSafe(async { self.job.call(&mut *state, item).await }).catch_unwind();
             let outcome = match call.await {
                 Ok(outcome) => outcome,
                 Err(payload) => {
