@@ -129,7 +129,7 @@ impl<T> Default for State<T> {
 #[derive(Debug, Clone, Copy)]
 struct Overtime {
     at: Instant,
-    /// Before the abort: the grace (with work left), or the whole bound (with none).
+    /// Before the abort: the grace.
     wait: Duration,
     /// After the abort, before naming the rest unresponsive.
     after_abort: Duration,
@@ -163,7 +163,7 @@ impl<T: Send + 'static> Pipeline<T> {
     /// policies it may yield once under overload, as [`Queue::push`](crate::Queue::push)
     /// describes, so that the workers are not starved).
     ///
-    /// After shutdown has begun, or the parent token was cancelled, this returns
+    /// After the pipeline has stopped (shutdown began, or the parent fired), this returns
     /// [`PushOutcome::Closed`] with the item, which does not count as produced.
     ///
     /// # Cancel safety
@@ -340,8 +340,9 @@ impl<T: Send + 'static> Pipeline<T> {
         self.shared.queue.capacity()
     }
 
-    /// Whether intake has stopped: shutdown began, the parent token was cancelled, or a
-    /// panic stopped the pipeline ([`OnPanic::StopPipeline`]); each closes the queue at once.
+    /// Whether intake has stopped: shutdown began, the parent fired (a token cancelled, a
+    /// future completed), a panic stopped the pipeline ([`OnPanic::StopPipeline`]), or no
+    /// worker could start ([`StopCause::NoWorkers`]); each closes the queue at once.
     ///
     /// # Examples
     ///
@@ -371,9 +372,10 @@ impl<T: Send + 'static> Pipeline<T> {
     /// deadline + grace + `unresponsive_after`, even when every runtime thread is blocked:
     /// its waits race the runtime's timer against a timer thread of the crate's own (a
     /// single-threaded runtime whose only thread is blocked runs no task at all, this one
-    /// included, until it is released). Workers still running at the deadline with nothing
-    /// left to do are only on their way out: the deadline is not exceeded, and they get
-    /// grace + `unresponsive_after` to end before any abort.
+    /// included, until it is released). The deadline is exceeded only if items are left (in
+    /// the queue, waiting for a retry, or in a worker's hands); workers still running at the
+    /// deadline with nothing left to do (on their way out, or still trying to start) get the
+    /// same grace, and lose nothing if they are aborted after it.
     ///
     /// Calling it again, or concurrently, returns the same report.
     ///
@@ -420,7 +422,12 @@ impl<T: Send + 'static> Pipeline<T> {
         // The first stop names the cause; a parent's cancel or a panic stop may have come
         // first. Then stop intake and close the queue (the stop token's hook closes it):
         // pushes from here on get their item back, and every waiting producer and popper is
-        // woken.
+        // woken. A parent future that has completed stopped it first, even if its watcher
+        // has not run yet.
+        if let Some(spent) = self.shared.parent.fired_now() {
+            self.shared.stop.cancel();
+            drop(spent);
+        }
         self.shared.set_cause(StopCause::Shutdown);
         self.shared.stop.cancel();
         self.shared.queue.close();
@@ -444,30 +451,22 @@ impl<T: Send + 'static> Pipeline<T> {
         self.finish()
     }
 
-    /// The waits after the deadline, decided by the first call to find it passed. The
-    /// deadline is exceeded only if items are left; workers still running with nothing
-    /// left to do were woken by close and are on their way out (a zero deadline meets them
-    /// there): they get the whole bound before any abort.
+    /// The waits after the deadline, decided by the first call to find it passed: the
+    /// worker token is cancelled (workers take no new item, and those that watch it stop),
+    /// then one grace, the abort, and `unresponsive_after`. The deadline is exceeded only if
+    /// items are left; workers still running with nothing left to do (woken by close, a zero
+    /// deadline meets them on their way out) lose nothing if they are aborted.
     fn overtime(&self) -> Overtime {
         let mut state = self.lock_state();
         if let Some(overtime) = state.overtime {
             return overtime;
         }
-        let overtime = if self.shared.backlog_left() {
-            state.deadline_exceeded = true;
-            // Cooperative first: workers take no new item and may watch the token.
-            self.shared.worker_token.cancel();
-            Overtime {
-                at: Instant::now(),
-                wait: self.grace,
-                after_abort: self.unresponsive_after,
-            }
-        } else {
-            Overtime {
-                at: Instant::now(),
-                wait: self.grace.saturating_add(self.unresponsive_after),
-                after_abort: Duration::ZERO,
-            }
+        state.deadline_exceeded = self.shared.backlog_left();
+        self.shared.worker_token.cancel();
+        let overtime = Overtime {
+            at: Instant::now(),
+            wait: self.grace,
+            after_abort: self.unresponsive_after,
         };
         state.overtime = Some(overtime);
         overtime
@@ -567,9 +566,9 @@ impl<T: Send + 'static> Pipeline<T> {
         }
     }
 
-    /// Takes the items a finished [`shutdown`](Pipeline::shutdown) handed back: those left
-    /// in the queue and those waiting for a retry when the deadline passed, in the order the
-    /// workers would have taken them (retries first). Counted in
+    /// Takes the items a finished [`shutdown`](Pipeline::shutdown) handed back: those
+    /// waiting for a retry when the deadline passed first (by worker index), then those left
+    /// in the queue, in queue order. Counted in
     /// [`Report::handed_back`]. Empty before shutdown has finished, and after a first call
     /// has taken them.
     ///

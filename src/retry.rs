@@ -132,11 +132,25 @@ impl Retry {
     /// assert_eq!(retry.delay(99), Duration::from_secs(60));
     /// ```
     pub fn delay(&self, failed: u32) -> Duration {
-        let doublings = failed.saturating_sub(1).min(63);
-        self.initial
-            .checked_mul(1u32.checked_shl(doublings).unwrap_or(u32::MAX))
-            .unwrap_or(Duration::MAX)
-            .min(self.max)
+        // In nanoseconds, as u128: `initial × 2^k` saturates instead of wrapping, for any k.
+        let doublings = failed.saturating_sub(1);
+        let initial = self.initial.as_nanos();
+        let nanos = if initial == 0 {
+            0
+        } else if doublings >= initial.leading_zeros() {
+            u128::MAX
+        } else {
+            initial << doublings
+        };
+        let max = self.max.as_nanos();
+        if nanos >= max {
+            return self.max;
+        }
+        // Below `max`, so it fits a `Duration`.
+        Duration::new(
+            (nanos / 1_000_000_000) as u64,
+            (nanos % 1_000_000_000) as u32,
+        )
     }
 
     /// The wait to use after the `failed`-th failed attempt: [`delay`](Retry::delay), with
@@ -178,6 +192,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn doubling_goes_on_past_32() {
+        let retry = Retry::attempts(100).backoff(Duration::from_nanos(1), Duration::MAX);
+        assert_eq!(retry.delay(33), Duration::from_nanos(1 << 32));
+        assert_eq!(retry.delay(35), Duration::from_nanos(1 << 34));
+        assert_eq!(retry.delay(64), Duration::from_nanos(1 << 63));
+        assert_eq!(retry.delay(65).as_nanos(), 1u128 << 64);
+        assert_eq!(retry.delay(200), Duration::MAX);
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub struct Stats {
     pub dropped: u64,
     /// Items whose work panicked.
     pub panicked: u64,
-    /// Failed attempts that were tried again (an item retried twice counts 2).
+    /// Failed attempts followed by a wait for another one (an item retried twice counts 2).
     pub retried: u64,
     /// Worker states rebuilt after a panic, under [`OnPanic::Restart`](crate::OnPanic::Restart).
     pub restarts: u64,

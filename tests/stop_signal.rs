@@ -124,7 +124,25 @@ async fn a_future_parent_releases_a_blocked_thread(sp: Sp) {
     assert!(report.is_conserved(), "{report}");
 }
 
+async fn a_completed_parent_future_is_the_cause_before_its_watcher_runs(sp: Sp) {
+    // Shutdown right after the parent completed, before the watcher task can have run (on
+    // the one-thread runtimes it cannot): the parent stopped it first.
+    for _ in 0..20 {
+        let (complete, completed) = oneshot::channel::<()>();
+        let pipeline = Pipeline::builder(4, Policy::Block)
+            .parent(async move {
+                let _ = completed.await;
+            })
+            .spawn(sp.clone(), |_: u32| async {})
+            .unwrap();
+        complete.send(()).unwrap();
+        let report = pipeline.shutdown().await;
+        assert_eq!(report.cause, StopCause::External, "{report}");
+    }
+}
+
 on_every_runtime!(
+    a_completed_parent_future_is_the_cause_before_its_watcher_runs,
     a_future_parent_stops_intake_and_reports_external,
     the_watcher_ends_when_shutdown_stops_the_pipeline,
     the_watcher_ends_when_the_pipeline_is_dropped,

@@ -3,16 +3,13 @@
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-
-use futures_util::future::{self, Either};
 
 use super::invoke::{ErrorHooks, Invoker, Job, NoErrorHooks, Stateful, Stateless};
 use super::producer::{Shared, ShedHook};
 use super::report::BuildError;
-use super::stop::StopSignal;
+use super::stop::{watch_parent, Parent, StopSignal};
 use super::worker::{spawn_worker, Workers};
 use super::{OnPanic, Pipeline, State, StopCause};
 use crate::cancel::CancellationToken;
@@ -332,8 +329,8 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     }
 
     /// Calls `hook` with each error the work returns: every failed attempt, retried or
-    /// final. It runs in the worker's task after the item's fate is recorded; a panic in it
-    /// is caught and ignored.
+    /// final. It runs in the worker's task after the attempt is counted (as `retried`, or
+    /// the item as `failed`); a panic in it is caught and ignored.
     ///
     /// # Examples
     ///
@@ -558,7 +555,7 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         if self.retry.max_attempts() == 0 || self.start_retry.max_attempts() == 0 {
             return Err(ConfigError::ZeroAttempts.into());
         }
-        let (stop, watch) = match self.parent {
+        let (stop, signal) = match self.parent {
             Some(Ok(parent)) => (parent.child_token(), None),
             Some(Err(signal)) => (
                 CancellationToken::new(),
@@ -566,9 +563,11 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             ),
             None => (CancellationToken::new(), None),
         };
+        let watch = signal.is_some();
         let shared = Arc::new(Shared::new(
             queue,
             stop,
+            Parent::new(signal),
             self.worker_token,
             self.workers,
             spawner.clone(),
@@ -607,24 +606,11 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             pipeline.workers.add(worker);
         }
         pipeline.workers.seal();
-        if let Some(signal) = watch {
-            spawner.spawn(watch_parent(pipeline.shared.stop.clone(), signal))?;
+        if watch {
+            spawner.spawn(watch_parent(pipeline.shared.clone()))?;
         }
         Ok(pipeline)
     }
-}
-
-/// The task that stops the pipeline when a parent future completes. It ends as soon as the
-/// pipeline stops, whatever stopped it, so it never outlives the pipeline's shutdown by more
-/// than a poll.
-fn watch_parent(stop: CancellationToken, signal: BoxFuture) -> BoxFuture {
-    Box::pin(async move {
-        let stopped = pin!(stop.cancelled());
-        if let Either::Left(_) = future::select(signal, stopped).await {
-            // The stop token's hook records the cause (External) and closes the queue.
-            stop.cancel();
-        }
-    })
 }
 
 impl<T, H> fmt::Debug for PipelineBuilder<T, H> {

@@ -9,6 +9,7 @@ use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::{self, Either, FutureExt};
@@ -181,6 +182,8 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
             // Every stop closes the queue (the stop token's hook), which wakes this pop: it
             // drains what is left, then ends the loop.
             let Some(item) = shared.queue.pop().await else {
+                // Closed and empty, for good: workers still waiting to start can stop.
+                shared.drained.cancel();
                 return Exit::Finished;
             };
             hand.take();
@@ -197,13 +200,14 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
                         // The old state may be poisoned: drop it (its `Drop` is user code)
                         // and build a new one after a backoff.
                         drop_quietly(state);
-                        shared.ledger.restarted();
                         panics += 1;
                         state = match self.start(shared, index, panics).await {
                             Start::Ready(state) => state,
                             Start::GaveUp => return self.gave_up(shared),
                             Start::Stopped => return Exit::Finished,
                         };
+                        // Counted once rebuilt: `restarts` counts states rebuilt.
+                        shared.ledger.restarted();
                     }
                 },
             }
@@ -223,8 +227,13 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
         let mut failed = 0;
         loop {
             // The call inside the caught future: `init` may panic before it returns one.
-            match catch_quietly(async { self.job.start(index).await }).await {
-                Some(Ok(state)) => return Start::Ready(state),
+            let started = catch_quietly(async { self.job.start(index).await }).await;
+            if let Some(Ok(state)) = started {
+                return Start::Ready(state);
+            }
+            // Counts before user code (the error's `Debug` and `Drop`, a subscriber).
+            shared.ledger.start_failed();
+            match started {
                 #[cfg(feature = "tracing")]
                 Some(Err(err)) => {
                     tracing::warn!(worker = index, error = ?err, "a worker's state could not be built");
@@ -232,9 +241,8 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
                 }
                 #[cfg(not(feature = "tracing"))]
                 Some(Err(err)) => drop_quietly(err),
-                None => {}
+                _ => {}
             }
-            shared.ledger.start_failed();
             failed += 1;
             // Ends: `failed` grows by one each turn, up to the attempts allowed.
             if failed >= self.start_retry.max_attempts() {
@@ -259,21 +267,18 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
     }
 
     /// Waits `wait` before the next attempt to start; false if the deadline passed first,
-    /// or the pipeline stopped with nothing left in the queue.
+    /// or the pipeline stopped and its queue is (or becomes) empty for good.
     async fn wait_to_start(&self, shared: &Shared<T>, wait: Duration) -> bool {
         let nothing_left = async {
             shared.stop.cancelled().await;
             if !shared.queue.is_empty() {
-                // Items are left to drain: only the deadline (or the backoff) ends the wait.
-                future::pending::<()>().await;
+                // Items are left: wait until a worker finds the queue closed and empty (or
+                // for the backoff, or the deadline).
+                shared.drained.cancelled().await;
             }
         };
         let (deadline, nothing_left) = (pin!(shared.worker_token.cancelled()), pin!(nothing_left));
-        let ended = future::select(deadline, nothing_left);
-        matches!(
-            future::select(shared.spawner.sleep(wait), ended).await,
-            Either::Left(_)
-        )
+        pause(shared, wait, future::select(deadline, nothing_left)).await
     }
 
     /// One item: call the work, retry what failed, record its fate, run the hooks.
@@ -332,8 +337,7 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
             hand.park();
             self.on_error(error);
             let wait = self.retry.wait(failed);
-            let deadline = pin!(shared.worker_token.cancelled());
-            if let Either::Right(_) = future::select(shared.spawner.sleep(wait), deadline).await {
+            if !pause(shared, wait, shared.worker_token.cancelled()).await {
                 return Step::Stop;
             }
             match shared.unpark(index) {
@@ -366,6 +370,39 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
             }
         }
     }
+}
+
+/// Sleeps `wait` on the spawner's timer unless `ended` completes first; true if the whole
+/// wait passed. `ended` is looked at first, and a zero wait still yields once: a worker
+/// retrying without backoff stops at the deadline and lets other tasks run.
+async fn pause<T>(shared: &Shared<T>, wait: Duration, ended: impl Future) -> bool {
+    let mut ended = pin!(ended);
+    if ended.as_mut().now_or_never().is_some() {
+        return false;
+    }
+    if wait.is_zero() {
+        yield_now().await;
+        return ended.now_or_never().is_none();
+    }
+    matches!(
+        future::select(ended, shared.spawner.sleep(wait)).await,
+        Either::Right(_)
+    )
+}
+
+/// Returns `Pending` once, after waking its task: a turn for the other tasks.
+async fn yield_now() {
+    let mut yielded = false;
+    future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// Runs a hook (user code) after the item's fate is recorded; a panic in it is caught and

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::ledger::{Fates, Ledger};
+use super::stop::Parent;
 use super::StopCause;
 use crate::cancel::CancellationToken;
 use crate::policy::PushOutcome;
@@ -20,8 +21,13 @@ pub(super) struct Shared<T> {
     pub(super) queue: Queue<T>,
     /// Cancelled to stop intake: by shutdown, by the parent, or by dropping the pipeline.
     pub(super) stop: CancellationToken,
+    /// A parent future, if the parent is one.
+    pub(super) parent: Parent,
     /// Cancelled when the deadline passes: workers take no new item.
     pub(super) worker_token: CancellationToken,
+    /// Cancelled by the first worker to find the queue closed and empty (for good): a
+    /// worker still waiting to start has nothing left to do.
+    pub(super) drained: CancellationToken,
     /// What the workers did with the items they took.
     pub(super) ledger: Ledger,
     /// Each worker's item waiting for a retry, where shutdown can hand it back.
@@ -40,6 +46,7 @@ impl<T> Shared<T> {
     pub(super) fn new(
         queue: Queue<T>,
         stop: CancellationToken,
+        parent: Parent,
         worker_token: CancellationToken,
         workers: usize,
         spawner: Arc<dyn Spawner>,
@@ -48,7 +55,9 @@ impl<T> Shared<T> {
         Shared {
             queue,
             stop,
+            parent,
             worker_token,
+            drained: CancellationToken::new(),
             ledger: Ledger::new(),
             parked: (0..workers).map(|_| Mutex::new(None)).collect(),
             not_started: AtomicUsize::new(0),

@@ -41,8 +41,8 @@ pub struct Report {
     /// Items discarded by the policy: incoming ones shed under `DropNewest`, buffered ones
     /// evicted under `DropOldest`.
     pub dropped: u64,
-    /// Accepted items never processed because the deadline passed:
-    /// `handed_back + lost_in_flight`.
+    /// Accepted items never processed: the pipeline stopped before a worker took them, or
+    /// the deadline passed; `handed_back + lost_in_flight`.
     pub abandoned: u64,
     /// Abandoned items handed back by [`Pipeline::take_leftovers`](crate::Pipeline::take_leftovers):
     /// left in the queue, or waiting for a retry.
@@ -52,7 +52,8 @@ pub struct Report {
     pub lost_in_flight: u64,
     /// Items whose work panicked.
     pub panicked: u64,
-    /// Failed attempts that were tried again (an item retried twice counts 2).
+    /// Failed attempts followed by a wait for another one (an item retried twice counts 2;
+    /// a wait cut short by the deadline counts too, its item then handed back).
     pub retried: u64,
     /// Worker states rebuilt after a panic, under [`OnPanic::Restart`].
     pub restarts: u64,
@@ -168,7 +169,8 @@ impl fmt::Display for Report {
 pub enum StopCause {
     /// [`Pipeline::shutdown`](crate::Pipeline::shutdown) was called.
     Shutdown,
-    /// The parent token was cancelled before shutdown was called.
+    /// The parent fired (a token cancelled, a future completed or panicked) before
+    /// shutdown was called.
     External,
     /// A worker panicked under [`OnPanic::StopPipeline`].
     Panic,

@@ -1,7 +1,16 @@
 //! What can stop a pipeline from outside: a [`CancellationToken`], or any future.
 
+use std::fmt;
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 
+use futures_util::future;
+
+use super::producer::Shared;
+use super::worker::drop_quietly;
 use crate::cancel::CancellationToken;
 use crate::spawner::BoxFuture;
 
@@ -16,7 +25,8 @@ use crate::spawner::BoxFuture;
 /// and the report's cause is [`StopCause::External`](crate::StopCause::External).
 /// A token's cancel does all that in the call that cancels it; a future is watched by a task
 /// on the pipeline's spawner, which does it as soon as the future completes, and which ends
-/// when the pipeline stops.
+/// when the pipeline stops. `shutdown` looks at the future once before it names its own
+/// cause, so a parent that completed first is the cause even if the task has not run yet.
 ///
 /// The trait is sealed: it is implemented for the types above only.
 ///
@@ -70,4 +80,105 @@ impl<F: Future<Output = ()> + Send + 'static> StopSignal for F {
     fn into_parent(self) -> Result<CancellationToken, BoxFuture> {
         Err(Box::pin(self))
     }
+}
+
+/// A parent future, watched by a task on the pipeline's spawner, and looked at once more by
+/// `shutdown` before it names its own cause: a parent that completed first is the cause,
+/// whichever of the two runs first.
+pub(super) struct Parent {
+    /// The future until it completes (or panics). Locked by the watcher to poll it, and
+    /// tried by `shutdown`; no other lock is taken while it is held.
+    signal: Mutex<Option<BoxFuture>>,
+}
+
+impl Parent {
+    pub(super) fn new(signal: Option<BoxFuture>) -> Parent {
+        Parent {
+            signal: Mutex::new(signal),
+        }
+    }
+
+    /// Ready once the parent future has completed (a panic in it counts as completed: it
+    /// can no longer say "not yet"), with the spent future, for the caller to drop after it
+    /// has stopped the pipeline (its `Drop` is user code: not under the lock). Pending for
+    /// good without a parent future.
+    fn poll_fired(&self, cx: &mut Context<'_>) -> Poll<Spent> {
+        let mut slot = self.signal.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(signal) = slot.as_mut() else {
+            return Poll::Pending;
+        };
+        match catch_unwind(AssertUnwindSafe(|| signal.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => Poll::Ready(Spent(slot.take())),
+            Err(payload) => {
+                drop_quietly(payload);
+                Poll::Ready(Spent(slot.take()))
+            }
+        }
+    }
+
+    /// Drops the future (after the pipeline stopped), outside the lock.
+    fn clear(&self) {
+        let signal = self
+            .signal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop_quietly(signal);
+    }
+
+    /// Whether the parent future has completed, looked at once without waiting (by
+    /// `shutdown`). A future the watcher is polling at this instant is left to it.
+    pub(super) fn fired_now(&self) -> Option<Spent> {
+        if self.signal.try_lock().is_err() {
+            return None;
+        }
+        // The watcher is woken by the stop that follows, whatever this poll registers.
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_fired(&mut cx) {
+            Poll::Ready(spent) => Some(spent),
+            Poll::Pending => None,
+        }
+    }
+}
+
+/// A parent future that has completed (or panicked), dropped quietly when this is.
+pub(super) struct Spent(Option<BoxFuture>);
+
+impl Drop for Spent {
+    fn drop(&mut self) {
+        drop_quietly(self.0.take());
+    }
+}
+
+impl fmt::Debug for Parent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parent").finish_non_exhaustive()
+    }
+}
+
+/// The task that stops the pipeline when its parent future completes. It ends as soon as
+/// the pipeline stops, whatever stopped it, so it never outlives the pipeline's shutdown by
+/// more than a poll; it drops the future then (with the pipeline's shared state).
+pub(super) fn watch_parent<T: Send + 'static>(shared: Arc<Shared<T>>) -> BoxFuture {
+    Box::pin(async move {
+        let fired = {
+            let mut stopped = pin!(shared.stop.cancelled());
+            future::poll_fn(|cx| {
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                shared.parent.poll_fired(cx).map(Some)
+            })
+            .await
+        };
+        if let Some(spent) = fired {
+            // The stop token's hook records the cause (External) and closes the queue; then
+            // the spent future goes.
+            shared.stop.cancel();
+            drop(spent);
+        }
+        // Stopped either way: the future goes now, not with the pipeline.
+        shared.parent.clear();
+    })
 }
