@@ -129,7 +129,7 @@ impl<T> Default for State<T> {
 #[derive(Debug, Clone, Copy)]
 struct Overtime {
     at: Instant,
-    /// Before the abort: the grace.
+    /// Before the abort: the grace (and half of `unresponsive_after` with nothing left).
     wait: Duration,
     /// After the abort, before naming the rest unresponsive.
     after_abort: Duration,
@@ -375,7 +375,8 @@ impl<T: Send + 'static> Pipeline<T> {
     /// included, until it is released). The deadline is exceeded only if items are left (in
     /// the queue, waiting for a retry, or in a worker's hands); workers still running at the
     /// deadline with nothing left to do (on their way out, or still trying to start) get the
-    /// same grace, and lose nothing if they are aborted after it.
+    /// grace and half of `unresponsive_after` to end on their own, and lose nothing if they
+    /// are aborted after that.
     ///
     /// Calling it again, or concurrently, returns the same report.
     ///
@@ -451,22 +452,33 @@ impl<T: Send + 'static> Pipeline<T> {
         self.finish()
     }
 
-    /// The waits after the deadline, decided by the first call to find it passed: the
-    /// worker token is cancelled (workers take no new item, and those that watch it stop),
-    /// then one grace, the abort, and `unresponsive_after`. The deadline is exceeded only if
-    /// items are left; workers still running with nothing left to do (woken by close, a zero
-    /// deadline meets them on their way out) lose nothing if they are aborted.
+    /// The waits after the deadline, decided by the first call to find it passed. The
+    /// worker token is cancelled either way (workers take no new item, and those that watch
+    /// it stop). With items left, the deadline is exceeded: one grace, the abort, then
+    /// `unresponsive_after` for the aborts to land. With nothing left, the workers still
+    /// running are on their way out (a zero deadline meets them there, woken by close) or
+    /// still trying to start: they get the grace and half of `unresponsive_after` to end on
+    /// their own, and the other half after the abort (which loses nothing).
     fn overtime(&self) -> Overtime {
         let mut state = self.lock_state();
         if let Some(overtime) = state.overtime {
             return overtime;
         }
-        state.deadline_exceeded = self.shared.backlog_left();
         self.shared.worker_token.cancel();
-        let overtime = Overtime {
-            at: Instant::now(),
-            wait: self.grace,
-            after_abort: self.unresponsive_after,
+        let overtime = if self.shared.backlog_left() {
+            state.deadline_exceeded = true;
+            Overtime {
+                at: Instant::now(),
+                wait: self.grace,
+                after_abort: self.unresponsive_after,
+            }
+        } else {
+            let half = self.unresponsive_after / 2;
+            Overtime {
+                at: Instant::now(),
+                wait: self.grace.saturating_add(half),
+                after_abort: self.unresponsive_after - half,
+            }
         };
         state.overtime = Some(overtime);
         overtime
