@@ -24,15 +24,6 @@ use backpressure_pipeline::{Policy, PushOutcome, Queue};
 /// release comes in microseconds or never.
 const HANG: Duration = Duration::from_secs(10);
 
-/// `base` times the `FAULT_ITERS` multiplier (1 when unset).
-fn iterations(base: usize) -> usize {
-    let factor = std::env::var("FAULT_ITERS")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(1);
-    base * factor.max(1)
-}
-
 /// An item that counts as live until dropped.
 #[derive(Debug)]
 struct Item {
@@ -92,7 +83,7 @@ fn blocked_pusher(
 // behind the ones that were there. Before the pop nothing can release it, in either order.
 #[test]
 fn a_pop_releases_a_blocked_thread_and_its_item_follows_in_order() {
-    for iteration in 0..iterations(200) {
+    for iteration in 0..common::iterations(200) {
         let live = Live::new();
         let queue = Arc::new(Queue::new(2, Policy::Block).expect("a valid capacity"));
         for id in 0..2 {
@@ -130,7 +121,7 @@ fn a_pop_releases_a_blocked_thread_and_its_item_follows_in_order() {
 // `Closed(item)`.
 #[test]
 fn close_releases_a_blocked_thread_with_its_item() {
-    for iteration in 0..iterations(200) {
+    for iteration in 0..common::iterations(200) {
         let live = Live::new();
         let queue = Arc::new(Queue::new(1, Policy::Block).expect("a valid capacity"));
         assert_eq!(
@@ -275,7 +266,7 @@ fn under_shedding_policies_it_is_try_push() {
 #[test]
 fn four_blocking_threads_through_a_small_queue_lose_nothing_and_keep_order() {
     const THREADS: usize = 4;
-    let per_thread = iterations(10_000) as u32;
+    let per_thread = common::iterations(10_000) as u32;
     // Items are (producer, sequence number).
     let queue = Arc::new(Queue::<(usize, u32)>::new(4, Policy::Block).expect("a valid capacity"));
     let start = Arc::new(Barrier::new(THREADS + 1));

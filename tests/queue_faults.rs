@@ -40,15 +40,6 @@ const POLICIES: [Policy; 3] = [Policy::DropNewest, Policy::DropOldest, Policy::B
 /// guard only: every result arrives in microseconds or never.
 const HANG: Duration = Duration::from_secs(10);
 
-/// `base` times the `FAULT_ITERS` multiplier (1 when unset).
-fn iterations(base: usize) -> usize {
-    let factor = std::env::var("FAULT_ITERS")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(1);
-    base * factor.max(1)
-}
-
 fn new_queue<T>(capacity: usize, policy: Policy) -> Queue<T> {
     Queue::new(capacity, policy).expect("a valid capacity")
 }
@@ -583,7 +574,7 @@ fn race_with_close<R>(
 #[test]
 fn a_block_push_racing_close_returns_closed_every_time() {
     race_with_close(
-        iterations(10_000),
+        common::iterations(10_000),
         true,
         |queue| ::smol::block_on(first_poll(queue.push(1))),
         PushOutcome::Closed(1),
@@ -596,7 +587,7 @@ fn a_block_push_racing_close_returns_closed_every_time() {
 #[test]
 fn a_pop_racing_close_returns_none_every_time() {
     race_with_close(
-        iterations(10_000),
+        common::iterations(10_000),
         false,
         |queue| ::smol::block_on(first_poll(queue.pop())),
         None,
@@ -677,7 +668,7 @@ fn snapshots_stay_consistent(policy: Policy) {
     });
 
     let mut previous = queue.stats();
-    for sample in 0..iterations(200_000) {
+    for sample in 0..common::iterations(200_000) {
         let now = queue.stats();
         check_snapshot(&previous, &now, CAPACITY, sample);
         previous = now;

@@ -196,7 +196,7 @@ async fn each_stop_releases_workers_parked_on_an_empty_queue(sp: Sp) {
 async fn a_push_racing_shutdown_never_leaks(sp: Sp) {
     // The input: `builder(1, Block).deadline(0)`, one worker stuck, the queue full, and a
     // producer's `push(x).await` racing `shutdown()`: the push returns `Closed(x)`.
-    let rounds = 50 * common_iters();
+    let rounds = common::iterations(50);
     for round in 0..rounds {
         let rig = rig(sp.clone(), 1, 1, Stop::Shutdown);
         rig.hand_to_a_worker(Job::Stick).await;
@@ -212,14 +212,6 @@ async fn a_push_racing_shutdown_never_leaks(sp: Sp) {
         assert_eq!((report.produced, report.abandoned), (2, 2), "{report}");
         assert!(report.is_conserved(), "{report}");
     }
-}
-
-/// `FAULT_ITERS` multiplies the rounds of the racy tests (1 by default).
-fn common_iters() -> usize {
-    std::env::var("FAULT_ITERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
 }
 
 /// An item whose `Drop` panics when asked to.

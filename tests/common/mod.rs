@@ -251,3 +251,13 @@ pub async fn yield_now() {
     })
     .await;
 }
+
+/// `base` times the `FAULT_ITERS` multiplier (1 when unset): how many rounds a racy test
+/// runs.
+pub fn iterations(base: usize) -> usize {
+    let factor = std::env::var("FAULT_ITERS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1);
+    base * factor.max(1)
+}
