@@ -111,8 +111,8 @@ mod work;
 pub use adapters::{PopStream, PushSink, SendError};
 pub use cancel::{CancellationToken, DropGuard, WaitForCancellation, WaitForCancellationOwned};
 pub use pipeline::{
-    BuildError, ErrorHooks, NoErrorHooks, OnPanic, Pipeline, PipelineBuilder, Producer, Report,
-    StopCause, StopSignal,
+    Batch, BuildError, ErrorHooks, NoErrorHooks, OnPanic, Pipeline, PipelineBuilder, Producer,
+    Report, StopCause, StopSignal,
 };
 pub use policy::{ConfigError, Policy, PushOutcome};
 pub use queue::{Pop, PopMany, Push, Queue};

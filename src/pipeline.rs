@@ -22,6 +22,7 @@ mod invoke;
 mod ledger;
 mod producer;
 mod report;
+mod source;
 mod stop;
 mod worker;
 
@@ -36,6 +37,7 @@ pub use builder::PipelineBuilder;
 pub use invoke::{ErrorHooks, NoErrorHooks};
 pub use producer::Producer;
 pub use report::{BuildError, OnPanic, Report, StopCause};
+pub use source::Batch;
 pub use stop::StopSignal;
 
 use crate::policy::{Policy, PushOutcome};

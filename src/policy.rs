@@ -186,6 +186,12 @@ pub enum ConfigError {
     TooManyWorkers,
     /// A [`Retry`](crate::Retry) policy allows no attempt at all.
     ZeroAttempts,
+    /// A [`Batch`](crate::Batch) of at most zero items.
+    ZeroBatch,
+    /// A dead-letter hook that does not fit the worker mode:
+    /// [`dead_letter`](crate::PipelineBuilder::dead_letter) is for one item at a time,
+    /// [`dead_letter_batch`](crate::PipelineBuilder::dead_letter_batch) for batches.
+    DeadLetterMode,
 }
 
 impl fmt::Display for ConfigError {
@@ -196,6 +202,11 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroWorkers => "a pipeline needs at least one worker",
             ConfigError::TooManyWorkers => "too many workers",
             ConfigError::ZeroAttempts => "a retry policy needs at least one attempt",
+            ConfigError::ZeroBatch => "a batch needs room for at least one item",
+            ConfigError::DeadLetterMode => {
+                "the dead-letter hook does not fit the worker mode: `dead_letter` takes one \
+                 item, `dead_letter_batch` a batch"
+            }
         })
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::invoke::{ErrorHooks, Invoker, Job, NoErrorHooks, Stateful, Stateless};
 use super::producer::{Shared, ShedHook};
 use super::report::BuildError;
+use super::source::{Batch, One, Source};
 use super::stop::{watch_parent, Parent, StopSignal};
 use super::worker::{spawn_worker, Workers};
 use super::{OnPanic, Pipeline, State, StopCause};
@@ -415,6 +416,51 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         })
     }
 
+    /// Calls `hook` with each batch that failed for good and was handed back, with its
+    /// last error: the batch form of [`dead_letter`](PipelineBuilder::dead_letter), for
+    /// [`spawn_batched`](PipelineBuilder::spawn_batched). Each of its items counts as failed
+    /// before the hook runs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Batch, Outcome, Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let dead = Arc::new(Mutex::new(Vec::new()));
+    /// let pipeline = Pipeline::builder(8, Policy::Block)
+    ///     .dead_letter_batch({
+    ///         let dead = dead.clone();
+    ///         move |rows: Vec<u32>, _: &str| dead.lock().unwrap().extend(rows)
+    ///     })
+    ///     .spawn_batched(SmolSpawner::new(), Batch::new(4, Duration::ZERO), |rows: Vec<u32>| async move {
+    ///         Outcome::Reject(rows, "the table is gone")
+    ///     })?;
+    /// for row in 0..6 {
+    ///     let _ = pipeline.push(row).await;
+    /// }
+    /// let report = pipeline.shutdown().await;
+    /// assert_eq!(report.failed, 6);
+    /// dead.lock().unwrap().sort();
+    /// assert_eq!(*dead.lock().unwrap(), [0, 1, 2, 3, 4, 5]);
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn dead_letter_batch<E>(
+        self,
+        hook: impl Fn(Vec<T>, E) + Send + Sync + 'static,
+    ) -> PipelineBuilder<T, ErrorHooks<T, E>>
+    where
+        H: Into<ErrorHooks<T, E>>,
+    {
+        self.with_hooks(|mut hooks| {
+            hooks.dead_letter_batch = Some(Box::new(hook));
+            hooks
+        })
+    }
+
     fn with_hooks<E>(
         self,
         set: impl FnOnce(ErrorHooks<T, E>) -> ErrorHooks<T, E>,
@@ -472,7 +518,9 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         Fut::Output: WorkOutput<T>,
         H: Into<ErrorHooks<T, <Fut::Output as WorkOutput<T>>::Error>>,
     {
-        self.start(Arc::new(spawner), Stateless(work))
+        self.start(Arc::new(spawner), One, Stateless(work), |hooks| {
+            hooks.into().for_items()
+        })
     }
 
     /// Starts the pipeline with a state per worker: a connection, a buffer, a prepared
@@ -538,12 +586,160 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             work,
             types: PhantomData,
         };
-        self.start(Arc::new(spawner), job)
+        self.start(Arc::new(spawner), One, job, |hooks| {
+            hooks.into().for_items()
+        })
     }
 
-    fn start<J: Job<T>>(self, spawner: Arc<dyn Spawner>, job: J) -> Result<Pipeline<T>, BuildError>
+    /// Starts the pipeline with workers that take items in batches: each call of `work`
+    /// gets 1..=[`max_items`](Batch::max_items) items, in queue order, taken with one lock
+    /// for what the queue holds; a batch closes when it is full, or
+    /// [`max_wait`](Batch::max_wait) after its first item was taken, whichever comes first
+    /// (on the spawner's timer). A batch is never empty.
+    ///
+    /// Everything else is as for one item at a time, counted per item: a batch that fails
+    /// counts each of its items as failed, one that panics each as panicked; a retried batch
+    /// is tried again whole ([`Outcome::Retry`](crate::Outcome::Retry) hands it back) and,
+    /// after its last attempt, goes to
+    /// [`dead_letter_batch`](PipelineBuilder::dead_letter_batch). Every policy and `Block`'s
+    /// back-pressure are unchanged: a batch being filled holds its items out of the queue.
+    ///
+    /// At shutdown, a batch being filled when the queue closes is delivered at once, with
+    /// what the queue still holds (up to `max_items`), never after waiting for `max_wait`;
+    /// batches not started when the deadline passes, and those waiting for a retry, are
+    /// handed back item by item ([`Pipeline::take_leftovers`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](PipelineBuilder::spawn), and [`ConfigError::ZeroBatch`] for
+    /// `max_items` 0, [`ConfigError::DeadLetterMode`] if a per-item
+    /// [`dead_letter`](PipelineBuilder::dead_letter) hook was set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Batch, Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let sizes = Arc::new(Mutex::new(Vec::new()));
+    /// let pipeline = Pipeline::builder(64, Policy::Block).spawn_batched(
+    ///     SmolSpawner::new(),
+    ///     Batch::new(16, Duration::from_millis(5)),
+    ///     {
+    ///         let sizes = sizes.clone();
+    ///         move |rows: Vec<u32>| {
+    ///             let sizes = sizes.clone();
+    ///             async move { sizes.lock().unwrap().push(rows.len()) } // one transaction
+    ///         }
+    ///     },
+    /// )?;
+    /// for row in 0..100 {
+    ///     let _ = pipeline.push(row).await;
+    /// }
+    /// let report = pipeline.shutdown().await;
+    /// assert_eq!(report.processed, 100); // items, not batches
+    /// let sizes = sizes.lock().unwrap();
+    /// assert_eq!(sizes.iter().sum::<usize>(), 100);
+    /// assert!(sizes.iter().all(|&n| (1..=16).contains(&n)));
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn spawn_batched<Sp, F, Fut>(
+        self,
+        spawner: Sp,
+        batch: Batch,
+        work: F,
+    ) -> Result<Pipeline<T>, BuildError>
     where
-        H: Into<ErrorHooks<T, J::Error>>,
+        Sp: Spawner,
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: WorkOutput<Vec<T>>,
+        H: Into<ErrorHooks<T, <Fut::Output as WorkOutput<Vec<T>>>::Error>>,
+    {
+        if batch.max_items() == 0 {
+            return Err(ConfigError::ZeroBatch.into());
+        }
+        self.start(Arc::new(spawner), batch, Stateless(work), |hooks| {
+            hooks.into().for_batches()
+        })
+    }
+
+    /// Batches, as [`spawn_batched`](PipelineBuilder::spawn_batched), with a state per
+    /// worker, as [`spawn_with_state`](PipelineBuilder::spawn_with_state): a transaction per
+    /// batch on the worker's own connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_batched`](PipelineBuilder::spawn_batched).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Batch, Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(64, Policy::Block).workers(2).spawn_batched_with_state(
+    ///     SmolSpawner::new(),
+    ///     Batch::new(8, Duration::from_millis(1)),
+    ///     |_worker| async { Ok::<_, std::io::Error>(Vec::<u32>::new()) }, // a "connection"
+    ///     |written: &mut Vec<u32>, rows: Vec<u32>| Box::pin(async move {
+    ///         written.extend(rows); // one transaction per batch
+    ///         Ok::<(), std::io::Error>(())
+    ///     }),
+    /// )?;
+    /// for row in 0..50 {
+    ///     let _ = pipeline.push(row).await;
+    /// }
+    /// assert_eq!(pipeline.shutdown().await.processed, 50);
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn spawn_batched_with_state<Sp, S, I, IFut, IE, F, O>(
+        self,
+        spawner: Sp,
+        batch: Batch,
+        init: I,
+        work: F,
+    ) -> Result<Pipeline<T>, BuildError>
+    where
+        Sp: Spawner,
+        S: Send + 'static,
+        I: Fn(usize) -> IFut + Send + Sync + 'static,
+        IFut: Future<Output = Result<S, IE>> + Send + 'static,
+        IE: fmt::Debug + Send + 'static,
+        F: for<'a> Fn(&'a mut S, Vec<T>) -> WorkFuture<'a, O> + Send + Sync + 'static,
+        O: WorkOutput<Vec<T>>,
+        H: Into<ErrorHooks<T, O::Error>>,
+    {
+        if batch.max_items() == 0 {
+            return Err(ConfigError::ZeroBatch.into());
+        }
+        let job = Stateful {
+            init,
+            work,
+            types: PhantomData,
+        };
+        self.start(Arc::new(spawner), batch, job, |hooks| {
+            hooks.into().for_batches()
+        })
+    }
+
+    /// Starts the pipeline's workers, taking work by `source` and doing it with `job`; the
+    /// error hooks, as `hooks` makes them fit the unit of work (or refuses them).
+    fn start<S, J>(
+        self,
+        spawner: Arc<dyn Spawner>,
+        source: S,
+        job: J,
+        hooks: impl FnOnce(H) -> Result<ErrorHooks<S::Unit, J::Error>, ConfigError>,
+    ) -> Result<Pipeline<T>, BuildError>
+    where
+        S: Source<T>,
+        J: Job<S::Unit>,
     {
         let queue = Queue::new(self.capacity, self.policy)?;
         if self.workers == 0 {
@@ -555,6 +751,7 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         if self.retry.max_attempts() == 0 || self.start_retry.max_attempts() == 0 {
             return Err(ConfigError::ZeroAttempts.into());
         }
+        let hooks = hooks(self.hooks)?;
         let (stop, signal) = match self.parent {
             Some(Ok(parent)) => (parent.child_token(), None),
             Some(Err(signal)) => (
@@ -585,8 +782,9 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             }
         }));
         let invoker = Arc::new(Invoker {
+            source,
             job,
-            hooks: self.hooks.into(),
+            hooks,
             retry: self.retry,
             start_retry: self.start_retry,
             on_panic: self.on_panic,

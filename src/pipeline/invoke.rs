@@ -16,8 +16,10 @@ use futures_util::future::{self, Either, FutureExt};
 
 use super::ledger::{Fate, InHand};
 use super::producer::Shared;
+use super::source::Source;
 use super::worker::{catch_quietly, drop_quietly, Exit};
 use super::{OnPanic, StopCause};
+use crate::policy::ConfigError;
 use crate::retry::Retry;
 use crate::work::{Outcome, WorkFuture, WorkOutput};
 
@@ -107,10 +109,33 @@ where
 pub struct ErrorHooks<T, E> {
     pub(super) on_error: Option<ErrorHook<E>>,
     pub(super) dead_letter: Option<DeadLetterHook<T, E>>,
+    pub(super) dead_letter_batch: Option<DeadLetterHook<Vec<T>, E>>,
 }
 
 type ErrorHook<E> = Box<dyn Fn(&E) + Send + Sync>;
 type DeadLetterHook<T, E> = Box<dyn Fn(T, E) + Send + Sync>;
+
+impl<T, E> ErrorHooks<T, E> {
+    /// The hooks of a pipeline that takes one item at a time.
+    pub(super) fn for_items(self) -> Result<ErrorHooks<T, E>, ConfigError> {
+        if self.dead_letter_batch.is_some() {
+            return Err(ConfigError::DeadLetterMode);
+        }
+        Ok(self)
+    }
+
+    /// The hooks of a pipeline that takes batches: its dead letters are batches.
+    pub(super) fn for_batches(self) -> Result<ErrorHooks<Vec<T>, E>, ConfigError> {
+        if self.dead_letter.is_some() {
+            return Err(ConfigError::DeadLetterMode);
+        }
+        Ok(ErrorHooks {
+            on_error: self.on_error,
+            dead_letter: self.dead_letter_batch,
+            dead_letter_batch: None,
+        })
+    }
+}
 
 /// The type parameter of a builder with no error hooks: any error type goes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,6 +146,7 @@ impl<T, E> From<NoErrorHooks> for ErrorHooks<T, E> {
         ErrorHooks {
             on_error: None,
             dead_letter: None,
+            dead_letter_batch: None,
         }
     }
 }
@@ -130,14 +156,20 @@ impl<T, E> fmt::Debug for ErrorHooks<T, E> {
         f.debug_struct("ErrorHooks")
             .field("on_error", &self.on_error.as_ref().map(|_| ".."))
             .field("dead_letter", &self.dead_letter.as_ref().map(|_| ".."))
+            .field(
+                "dead_letter_batch",
+                &self.dead_letter_batch.as_ref().map(|_| ".."),
+            )
             .finish()
     }
 }
 
-/// Everything a worker needs besides the shared state: the job, the hooks and the policies.
-pub(super) struct Invoker<T, J: Job<T>> {
+/// Everything a worker needs besides the shared state: how it takes work, the job, the
+/// hooks and the policies.
+pub(super) struct Invoker<T, S: Source<T>, J: Job<S::Unit>> {
+    pub(super) source: S,
     pub(super) job: J,
-    pub(super) hooks: ErrorHooks<T, J::Error>,
+    pub(super) hooks: ErrorHooks<S::Unit, J::Error>,
     pub(super) retry: Retry,
     pub(super) start_retry: Retry,
     pub(super) on_panic: OnPanic,
@@ -149,7 +181,7 @@ enum Step {
     Next,
     /// The work panicked.
     Panicked,
-    /// The deadline passed during a retry's wait: the item is parked, the worker ends.
+    /// The deadline passed during a retry's wait: the unit is parked, the worker ends.
     Stop,
 }
 
@@ -162,7 +194,7 @@ enum Start<S> {
     Stopped,
 }
 
-impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
+impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
     /// One worker's life: build the state, take items until the queue is closed and empty
     /// or the deadline passes, rebuild the state after a panic under `OnPanic::Restart`.
     pub(super) async fn run(&self, shared: &Shared<T>, index: usize) -> Exit {
@@ -179,16 +211,16 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
             if shared.worker_token.is_cancelled() {
                 return Exit::Finished;
             }
-            // Every stop closes the queue (the stop token's hook), which wakes this pop: it
+            // Every stop closes the queue (the stop token's hook), which wakes this take: it
             // drains what is left, then ends the loop.
-            let Some(item) = shared.queue.pop().await else {
+            let Some(unit) = self.source.take(shared).await else {
                 // Closed and empty, for good: workers still waiting to start can stop.
                 shared.drained.cancel();
                 return Exit::Finished;
             };
-            hand.take();
+            hand.take(S::count(&unit));
             match self
-                .invoke(shared, index, &mut state, item, &mut hand)
+                .invoke(shared, index, &mut state, unit, &mut hand)
                 .await
             {
                 Step::Next => panics = 0,
@@ -281,13 +313,14 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
         pause(shared, wait, future::select(deadline, nothing_left)).await
     }
 
-    /// One item: call the work, retry what failed, record its fate, run the hooks.
+    /// One unit (an item or a batch): call the work, retry what failed, record its fate,
+    /// run the hooks.
     async fn invoke(
         &self,
         shared: &Shared<T>,
         index: usize,
         state: &mut J::State,
-        mut item: T,
+        mut item: S::Unit,
         hand: &mut InHand<'_>,
     ) -> Step {
         let mut failed = 0;
@@ -333,7 +366,7 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
             shared.ledger.retried();
             // Parked while it waits: the deadline, an abort or an unresponsive worker
             // leaves it where shutdown hands it back.
-            shared.park(index, retry);
+            shared.park(index, S::into_items(retry));
             hand.park();
             self.on_error(error);
             let wait = self.retry.wait(failed);
@@ -342,8 +375,8 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
             }
             match shared.unpark(index) {
                 Some(parked) => {
-                    item = parked;
-                    hand.take();
+                    item = S::from_items(parked);
+                    hand.take(S::count(&item));
                 }
                 // Shutdown took it (it gave up on this worker): it is handed back.
                 None => return Step::Stop,
@@ -358,7 +391,7 @@ impl<T: Send + 'static, J: Job<T>> Invoker<T, J> {
         drop_quietly(error);
     }
 
-    fn dead_letter(&self, item: T, error: J::Error) {
+    fn dead_letter(&self, item: S::Unit, error: J::Error) {
         if let Some(hook) = &self.hooks.on_error {
             catch_quietly_sync(|| hook(&error));
         }
@@ -414,9 +447,9 @@ fn catch_quietly_sync(hook: impl FnOnce()) {
 }
 
 /// The worker's whole life, for its task.
-pub(super) async fn run_worker<T: Send + 'static, J: Job<T>>(
+pub(super) async fn run_worker<T: Send + 'static, S: Source<T>, J: Job<S::Unit>>(
     shared: Arc<Shared<T>>,
-    invoker: Arc<Invoker<T, J>>,
+    invoker: Arc<Invoker<T, S, J>>,
     index: usize,
 ) -> Exit {
     invoker.run(&shared, index).await

@@ -79,7 +79,8 @@ impl Ledger {
         }
     }
 
-    pub(super) fn record(&self, fate: Fate) {
+    /// Records the fate of `items` popped items (a batch shares one).
+    pub(super) fn record(&self, fate: Fate, items: u64) {
         let counter = match fate {
             Fate::Processed => &self.processed,
             Fate::Failed => &self.failed,
@@ -87,7 +88,7 @@ impl Ledger {
         };
         // Release: a snapshot that sees this count also sees the pop before it (it reads
         // these first, with Acquire, and the queue's counters after).
-        counter.fetch_add(1, Ordering::Release);
+        counter.fetch_add(items, Ordering::Release);
     }
 
     pub(super) fn retried(&self) {
@@ -144,45 +145,41 @@ impl Fates {
     }
 }
 
-/// An item in a worker's hands: if the worker's future is dropped (aborted) while it holds
-/// one, the item is lost in flight, and the drop records it.
+/// The items in a worker's hands (one, or a batch): if the worker's future is dropped
+/// (aborted) while it holds some, they are lost in flight, and the drop records them.
 #[derive(Debug)]
 pub(super) struct InHand<'a> {
     ledger: &'a Ledger,
-    held: bool,
+    held: u64,
 }
 
 impl<'a> InHand<'a> {
     /// Empty hands.
     pub(super) fn new(ledger: &'a Ledger) -> InHand<'a> {
-        InHand {
-            ledger,
-            held: false,
-        }
+        InHand { ledger, held: 0 }
     }
 
-    /// An item was taken (popped, or back from its parking slot).
-    pub(super) fn take(&mut self) {
-        self.held = true;
+    /// `items` items were taken (popped, or back from the parking slot).
+    pub(super) fn take(&mut self, items: u64) {
+        self.held = items;
     }
 
-    /// The item's fate, recorded before any user code that follows can run.
+    /// Their fate, recorded before any user code that follows can run.
     pub(super) fn settle(&mut self, fate: Fate) {
-        self.held = false;
-        self.ledger.record(fate);
+        self.ledger.record(fate, std::mem::take(&mut self.held));
     }
 
-    /// The item went to a parking slot, from which shutdown can hand it back.
+    /// They went to the parking slot, from which shutdown can hand them back.
     pub(super) fn park(&mut self) {
-        self.held = false;
+        self.held = 0;
     }
 }
 
 impl Drop for InHand<'_> {
     fn drop(&mut self) {
-        if self.held {
+        if self.held > 0 {
             // Release: as `Ledger::record`.
-            self.ledger.lost.fetch_add(1, Ordering::Release);
+            self.ledger.lost.fetch_add(self.held, Ordering::Release);
         }
     }
 }

@@ -30,8 +30,9 @@ pub(super) struct Shared<T> {
     pub(super) drained: CancellationToken,
     /// What the workers did with the items they took.
     pub(super) ledger: Ledger,
-    /// Each worker's item waiting for a retry, where shutdown can hand it back.
-    parked: Box<[Mutex<Option<T>>]>,
+    /// Each worker's items (one, or a batch) waiting for a retry, where shutdown can hand
+    /// them back; empty when none wait.
+    parked: Box<[Mutex<Vec<T>>]>,
     /// Workers that gave up building their state.
     not_started: AtomicUsize,
     pub(super) spawner: Arc<dyn Spawner>,
@@ -59,7 +60,7 @@ impl<T> Shared<T> {
             worker_token,
             drained: CancellationToken::new(),
             ledger: Ledger::new(),
-            parked: (0..workers).map(|_| Mutex::new(None)).collect(),
+            parked: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             not_started: AtomicUsize::new(0),
             spawner,
             on_shed,
@@ -129,22 +130,24 @@ impl<T> Shared<T> {
         self.not_started.fetch_add(1, Ordering::AcqRel) + 1 == self.parked.len()
     }
 
-    /// Puts worker `index`'s item aside while it waits for a retry.
-    pub(super) fn park(&self, index: usize, item: T) {
-        let old = lock(&self.parked[index]).replace(item);
-        debug_assert!(old.is_none(), "a worker parks one item at a time");
+    /// Puts worker `index`'s items aside while they wait for a retry.
+    pub(super) fn park(&self, index: usize, items: Vec<T>) {
+        let mut slot = lock(&self.parked[index]);
+        debug_assert!(slot.is_empty(), "a worker parks one unit at a time");
+        *slot = items;
     }
 
-    /// Takes worker `index`'s parked item back, unless shutdown has taken it.
-    pub(super) fn unpark(&self, index: usize) -> Option<T> {
-        lock(&self.parked[index]).take()
+    /// Takes worker `index`'s parked items back, unless shutdown has taken them.
+    pub(super) fn unpark(&self, index: usize) -> Option<Vec<T>> {
+        let items = std::mem::take(&mut *lock(&self.parked[index]));
+        (!items.is_empty()).then_some(items)
     }
 
-    /// Takes every parked item, for shutdown to hand back.
+    /// Takes every parked item, for shutdown to hand back (by worker, each in its order).
     pub(super) fn take_parked(&self) -> Vec<T> {
         self.parked
             .iter()
-            .filter_map(|slot| lock(slot).take())
+            .flat_map(|slot| std::mem::take(&mut *lock(slot)))
             .collect()
     }
 

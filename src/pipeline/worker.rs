@@ -14,6 +14,7 @@ use futures_util::future::{self, AbortHandle, Abortable, Aborted, FutureExt};
 
 use super::invoke::{run_worker, Invoker, Job};
 use super::producer::Shared;
+use super::source::Source;
 use crate::spawner::{BoxFuture, SpawnError, Spawner};
 
 /// How a worker's task ended.
@@ -163,15 +164,16 @@ pub(super) async fn catch_quietly<F: Future>(future: F) -> Option<F::Output> {
 }
 
 /// Spawns worker `index` wrapped so that abort and panic capture are ours (invariant 2).
-pub(super) fn spawn_worker<T, J>(
+pub(super) fn spawn_worker<T, S, J>(
     spawner: &dyn Spawner,
     shared: Arc<Shared<T>>,
-    invoker: Arc<Invoker<T, J>>,
+    invoker: Arc<Invoker<T, S, J>>,
     index: usize,
 ) -> Result<(AbortHandle, oneshot::Receiver<Exit>), SpawnError>
 where
     T: Send + 'static,
-    J: Job<T>,
+    S: Source<T>,
+    J: Job<S::Unit>,
 {
     let (abort, registration) = AbortHandle::new_pair();
     let (sender, exit) = oneshot::channel();

@@ -1,0 +1,152 @@
+//! How a worker takes its work from the queue: one item at a time, or a batch that closes
+//! at a size or after a wait.
+
+use std::future::Future;
+use std::pin::pin;
+use std::time::Duration;
+
+use futures_util::future::{self, Either};
+
+use super::producer::Shared;
+
+/// A way of taking work from the queue, and the unit it takes.
+pub(super) trait Source<T>: Send + Sync + 'static {
+    /// What one call of the work gets: an item, or a batch.
+    type Unit: Send + 'static;
+
+    /// The next unit; `None` once the queue is closed and empty.
+    fn take<'a>(
+        &'a self,
+        shared: &'a Shared<T>,
+    ) -> impl Future<Output = Option<Self::Unit>> + Send + 'a;
+
+    /// How many items the unit holds (each counts in the ledger).
+    fn count(unit: &Self::Unit) -> u64;
+
+    /// The unit as items, to park it (or hand it back).
+    fn into_items(unit: Self::Unit) -> Vec<T>;
+
+    /// A parked unit, back from its items.
+    fn from_items(items: Vec<T>) -> Self::Unit;
+}
+
+/// One item at a time.
+#[derive(Debug)]
+pub(super) struct One;
+
+impl<T: Send + 'static> Source<T> for One {
+    type Unit = T;
+
+    fn take<'a>(&'a self, shared: &'a Shared<T>) -> impl Future<Output = Option<T>> + Send + 'a {
+        shared.queue.pop()
+    }
+
+    fn count(_: &T) -> u64 {
+        1
+    }
+
+    fn into_items(unit: T) -> Vec<T> {
+        vec![unit]
+    }
+
+    fn from_items(mut items: Vec<T>) -> T {
+        // A parked unit of `One` is one item (the pipeline's invariant 1).
+        items.pop().expect("one parked item")
+    }
+}
+
+/// How a batch closes, for [`PipelineBuilder::spawn_batched`](crate::PipelineBuilder::spawn_batched):
+/// when it holds `max_items` items, or `max_wait` after its first item was taken, whichever
+/// comes first. A batch is never empty.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use backpressure_pipeline::Batch;
+///
+/// let batch = Batch::new(64, Duration::from_millis(5));
+/// assert_eq!((batch.max_items(), batch.max_wait()), (64, Duration::from_millis(5)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Batch {
+    max_items: usize,
+    max_wait: Duration,
+}
+
+impl Batch {
+    /// Batches of at most `max_items` items (at least 1, checked when the pipeline is built:
+    /// [`ConfigError::ZeroBatch`](crate::ConfigError::ZeroBatch)), each closed at most
+    /// `max_wait` after its first item was taken. A zero `max_wait` takes what the queue
+    /// holds at once, as [`Queue::pop_many`](crate::Queue::pop_many) does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::Batch;
+    ///
+    /// let size_only = Batch::new(16, Duration::MAX); // waits for 16 (or the drain)
+    /// assert_eq!(size_only.max_items(), 16);
+    /// ```
+    pub const fn new(max_items: usize, max_wait: Duration) -> Batch {
+        Batch {
+            max_items,
+            max_wait,
+        }
+    }
+
+    /// The most items in a batch.
+    pub const fn max_items(&self) -> usize {
+        self.max_items
+    }
+
+    /// The longest a batch waits for more items after its first one.
+    pub const fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+}
+
+impl<T: Send + 'static> Source<T> for Batch {
+    type Unit = Vec<T>;
+
+    async fn take(&self, shared: &Shared<T>) -> Option<Vec<T>> {
+        // One lock for what the queue holds, up to the limit; it waits for the first item.
+        let mut batch = shared.queue.pop_many(self.max_items).await;
+        if batch.is_empty() {
+            return None; // closed and empty
+        }
+        if self.max_wait.is_zero() {
+            return Some(batch);
+        }
+        // `max_wait` counts from the first item, on the spawner's timer.
+        let mut timer = shared.spawner.sleep(self.max_wait);
+        // Ends: each turn adds at least one item, or breaks.
+        while batch.len() < self.max_items {
+            let more = pin!(shared.queue.pop_many(self.max_items - batch.len()));
+            match future::select(more, &mut timer).await {
+                // Empty only when the queue is closed and empty: deliver what there is.
+                Either::Left((more, _)) if more.is_empty() => break,
+                Either::Left((more, _)) => batch.extend(more),
+                Either::Right(_) => break,
+            }
+            // Draining (closed): deliver at once what there is, never wait for the time.
+            if shared.queue.is_closed() && shared.queue.is_empty() {
+                break;
+            }
+        }
+        Some(batch)
+    }
+
+    fn count(unit: &Vec<T>) -> u64 {
+        unit.len() as u64
+    }
+
+    fn into_items(unit: Vec<T>) -> Vec<T> {
+        unit
+    }
+
+    fn from_items(items: Vec<T>) -> Vec<T> {
+        items
+    }
+}
