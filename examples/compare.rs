@@ -12,7 +12,7 @@
 //! ratio compares medians taken in the same process run. With `--runs N` the whole suite runs
 //! N times and a final table gives the median over the runs of each run's median and ratio.
 //!
-//! Options: `--runs N`, `--reps N`, `--only S1,S2,S3,S4,S5,MEM,SD`, `--svg PATH` (writes the
+//! Options: `--runs N`, `--reps N`, `--only S1,S2,S3,S4,S5,S5B,MEM,SD`, `--svg PATH` (writes the
 //! chart from the final table), `--work-iters N` (fixes the ~1 µs busy work instead of
 //! calibrating it; for profilers, which slow the calibration down too), `--shape TEXT` and
 //! `--variant TEXT` (measure only the shapes / variants whose label contains TEXT, to
@@ -27,6 +27,10 @@
 //! - S4 single thread, uncontended: push without waiting + pop polled once with a no-op waker.
 //! - S5 the whole `Pipeline` (Block, capacity 1024, 4 workers, ~1 µs/item, N items then
 //!   shutdown) vs 4 hand-written tasks reading a bounded async-channel, joined at the end.
+//! - S5B the same with batch workers (`spawn_batched`, batches of 1, 16 and 64, `max_wait`
+//!   1 ms), vs the same hand-written pool; and S5L, an item's latency from its push to the
+//!   start of its batch's work (p50, p99) at a steady 100k items/s, which the workers keep
+//!   up with: the bound to check is `max_wait` + the batch's service time.
 //! - MEM peak RSS (`VmHWM`) of a burst into a pipeline (DropOldest, capacity 1024, slow
 //!   workers) vs an unbounded async-channel; each measured in a child process.
 //! - SD shutdown: a full backlog of fast work, and workers stuck in `pending()`.
@@ -55,7 +59,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use async_executor::Executor;
-use backpressure_pipeline::{ExecutorSpawner, Pipeline, Policy, PushOutcome, Queue};
+use backpressure_pipeline::{Batch, ExecutorSpawner, Pipeline, Policy, PushOutcome, Queue};
 
 // ---------------------------------------------------------------------------------------------
 // The async-lock Mutex copy (comparison only)
@@ -1177,6 +1181,113 @@ fn s5_pool() -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// S5B: the pipeline in batches, and an item's latency from push to the start of its work
+// ---------------------------------------------------------------------------------------------
+
+/// The batch sizes measured, each with `S5B_WAIT` as the longest wait after a first item.
+const S5B_SIZES: [usize; 3] = [1, 16, 64];
+const S5B_WAIT: Duration = Duration::from_millis(1);
+/// The latency run: items pushed at a steady pace the workers keep up with (the latency of a
+/// saturated queue is its queueing delay, which no batch size changes).
+const S5L_ITEMS: u64 = 20_000;
+const S5L_PACE: Duration = Duration::from_micros(10);
+
+/// S5's run with workers that take batches of up to `max_items` (the same ~1 µs per item).
+fn s5_batched(max_items: usize) -> f64 {
+    let start = Instant::now();
+    let report = run(async move {
+        let pipeline = Pipeline::builder(S5_CAPACITY, Policy::Block)
+            .workers(S5_WORKERS)
+            .deadline(Duration::from_secs(60))
+            .spawn_batched(
+                ExecutorSpawner::new(ex().clone()),
+                Batch::new(max_items, S5B_WAIT),
+                |batch: Vec<u64>| async move {
+                    for item in batch {
+                        work();
+                        black_box(item);
+                    }
+                },
+            )
+            .expect("valid pipeline");
+        for i in 0..S5_ITEMS {
+            assert!(pipeline.push(i).await.is_accepted());
+        }
+        pipeline.shutdown().await
+    });
+    let elapsed = start.elapsed();
+    assert!(report.is_conserved() && report.all_joined());
+    assert_eq!(report.processed, S5_ITEMS);
+    S5_ITEMS as f64 / elapsed.as_secs_f64()
+}
+
+/// The `quantile` of the time from an item's push to the start of its batch's work, in µs,
+/// with items pushed every `S5L_PACE`.
+fn s5_latency(max_items: usize, quantile: f64) -> f64 {
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(
+        S5L_ITEMS as usize,
+    )));
+    let report = run({
+        let latencies = latencies.clone();
+        async move {
+            let pipeline = Pipeline::builder(S5_CAPACITY, Policy::Block)
+                .workers(S5_WORKERS)
+                .deadline(Duration::from_secs(60))
+                .spawn_batched(
+                    ExecutorSpawner::new(ex().clone()),
+                    Batch::new(max_items, S5B_WAIT),
+                    move |batch: Vec<Instant>| {
+                        let latencies = latencies.clone();
+                        async move {
+                            let started = Instant::now();
+                            latencies
+                                .lock()
+                                .expect("not poisoned")
+                                .extend(batch.iter().map(|pushed| started - *pushed));
+                            for item in batch {
+                                work();
+                                black_box(item);
+                            }
+                        }
+                    },
+                )
+                .expect("valid pipeline");
+            let begun = Instant::now();
+            for i in 0..S5L_ITEMS {
+                // A steady pace: wait (spinning, to keep the timer out of it) for this
+                // item's slot, yielding so that the workers run.
+                let slot = begun + S5L_PACE * i as u32;
+                while Instant::now() < slot {
+                    futures_lite_yield().await;
+                }
+                assert!(pipeline.push(Instant::now()).await.is_accepted());
+            }
+            pipeline.shutdown().await
+        }
+    });
+    assert!(report.is_conserved() && report.processed == S5L_ITEMS);
+    let mut latencies = latencies.lock().expect("not poisoned").clone();
+    latencies.sort();
+    let at = ((latencies.len() - 1) as f64 * quantile).round() as usize;
+    latencies[at].as_secs_f64() * 1e6
+}
+
+/// One turn for the other tasks.
+async fn futures_lite_yield() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // MEM: peak RSS of a burst, each in its own process
 // ---------------------------------------------------------------------------------------------
 
@@ -1374,6 +1485,7 @@ enum Unit {
     NsPerOp,
     MiB,
     Ms,
+    Us,
 }
 
 impl Unit {
@@ -1383,6 +1495,7 @@ impl Unit {
             Unit::NsPerOp => "ns/pair ↓",
             Unit::MiB => "peak MiB ↓",
             Unit::Ms => "ms ↓",
+            Unit::Us => "µs ↓",
         }
     }
 
@@ -1393,6 +1506,7 @@ impl Unit {
             Unit::NsPerOp => format!("{v:.1}"),
             Unit::MiB => format!("{v:.1}"),
             Unit::Ms => format!("{v:.2}"),
+            Unit::Us => format!("{v:.0}"),
         }
     }
 }
@@ -1689,6 +1803,37 @@ impl Suite {
                     ("hand-written pool", Base::None, Box::new(s5_pool)),
                 ],
             );
+        }
+        if self.wants("S5B") {
+            let mut variants: Vec<(&str, Base, Box<dyn Fn() -> f64>)> = Vec::new();
+            for (name, size) in [
+                ("batches of 1", 1),
+                ("batches of 16", 16),
+                ("batches of 64", 64),
+            ] {
+                debug_assert!(S5B_SIZES.contains(&size));
+                variants.push((
+                    name,
+                    Base::Variant("hand-written pool"),
+                    Box::new(move || s5_batched(size)),
+                ));
+            }
+            variants.push(("hand-written pool", Base::None, Box::new(s5_pool)));
+            self.measure(
+                "S5B Pipeline batched, max_wait 1 ms, cap 1024, 4×1µs/item",
+                Unit::ItemsPerSec,
+                variants,
+            );
+            for size in S5B_SIZES {
+                self.measure(
+                    &format!("S5L latency push→start, batches of {size}, 1 item/10µs"),
+                    Unit::Us,
+                    vec![
+                        ("p50", Base::None, Box::new(move || s5_latency(size, 0.5))),
+                        ("p99", Base::None, Box::new(move || s5_latency(size, 0.99))),
+                    ],
+                );
+            }
         }
         if self.wants("MEM") {
             for n in MEM_BURSTS {
