@@ -9,6 +9,8 @@
 //!   order. Writes are fallible: every 7th command fails its first attempt with a simulated
 //!   "database is busy" and is retried with backoff; every 97th always fails and, after the
 //!   last attempt, goes to the dead-letter hook, which records it in `dead_letters`.
+//! - The samples are written in batches (`spawn_batched_with_state`): up to 32 per
+//!   transaction, or what came within 5 ms of the first.
 //! - Each worker owns its own `rusqlite::Connection`, opened by `spawn_with_state` (a
 //!   `Connection` is `Send` but not `Sync`: one per worker, never shared). The database is in
 //!   a temporary directory, in WAL mode with a busy timeout so that the connections can all
@@ -36,7 +38,8 @@ use std::thread;
 use std::time::Duration;
 
 use backpressure_pipeline::{
-    Outcome, Pipeline, Policy, Producer, PushOutcome, Report, Retry, TokioSpawner, WorkFuture,
+    Batch, Outcome, Pipeline, Policy, Producer, PushOutcome, Report, Retry, TokioSpawner,
+    WorkFuture,
 };
 use futures_util::future;
 use rusqlite::{Connection, ErrorCode};
@@ -45,9 +48,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long the service runs before the timer stops it.
 const RUN_FOR: Duration = Duration::from_millis(800);
-/// What a sample costs a worker besides its INSERT (stands for real processing: a filter, a
-/// call to another service). It makes the workers slower than the sensor on purpose.
-const SAMPLE_COST: Duration = Duration::from_millis(2);
+/// What a batch of samples costs a worker besides its transaction (stands for real
+/// processing: a call to another service per batch, a filter per sample). It makes the
+/// workers slower than the sensor on purpose, batches and all.
+const BATCH_COST: Duration = Duration::from_millis(2);
+const SAMPLE_COST: Duration = Duration::from_micros(300);
 /// What a command costs a worker besides its INSERT.
 const COMMAND_COST: Duration = Duration::from_millis(1);
 /// Every command whose id is a multiple of this fails its first attempt (a transient fault).
@@ -132,13 +137,16 @@ async fn run() -> Result<usize, Box<dyn Error>> {
         // Time to finish the sample in hand (a few ms) before being aborted mid-write.
         .grace(Duration::from_millis(500))
         .parent(app.clone().cancelled_owned())
-        .spawn_with_state(
+        // In batches: up to 32 samples per transaction, or what came within 5 ms of the
+        // first one.
+        .spawn_batched_with_state(
             spawner.clone(),
+            Batch::new(32, Duration::from_millis(5)),
             {
                 let path = path.clone();
                 move |worker| open_worker("samples", path.clone(), worker)
             },
-            write_sample,
+            write_samples,
         )?;
 
     let shed = Arc::new(AtomicU64::new(0));
@@ -317,21 +325,32 @@ async fn open_worker(pipeline: &str, path: Arc<Path>, worker: usize) -> rusqlite
     Ok(Db { worker, conn })
 }
 
-/// The samples' work: process, then one INSERT. A failed INSERT is final (`Err`): a stale
-/// sample is not worth a retry.
+/// The samples' work: process a batch, then write it in one transaction on the worker's
+/// own connection. A failed write is final (`Err`, counted per sample): stale samples are
+/// not worth a retry, and the rolled-back transaction leaves none of the batch's rows.
 ///
-/// The INSERT is a synchronous call on the runtime's thread: fine for one short statement.
+/// The writes are synchronous calls on the runtime's thread: fine for a short transaction.
 /// Longer blocking work belongs in `tokio::task::spawn_blocking` (or `block_in_place`).
-fn write_sample(db: &mut Db, sample: Sample) -> WorkFuture<'_, rusqlite::Result<()>> {
+fn write_samples(db: &mut Db, batch: Vec<Sample>) -> WorkFuture<'_, rusqlite::Result<()>> {
     Box::pin(async move {
-        sleep(SAMPLE_COST).await;
-        // Cached: each worker prepares the statement once on its own connection.
-        db.conn
-            .prepare_cached("INSERT INTO samples (seq, value, worker) VALUES (?1, ?2, ?3)")?
-            .execute((sample.seq, sample.value, db.worker))?;
+        sleep(BATCH_COST + SAMPLE_COST * batch.len() as u32).await;
+        let tx = db.conn.transaction()?;
+        {
+            // Cached: each worker prepares the statement once on its own connection.
+            let mut insert =
+                tx.prepare_cached("INSERT INTO samples (seq, value, worker) VALUES (?1, ?2, ?3)")?;
+            for sample in &batch {
+                insert.execute((sample.seq, sample.value, db.worker))?;
+            }
+        }
+        tx.commit()?;
+        BATCHES.fetch_add(1, Ordering::Relaxed);
         Ok(())
     })
 }
+
+/// Sample batches committed, to print beside the rows.
+static BATCHES: AtomicU64 = AtomicU64::new(0);
 
 /// The commands' work: one INSERT, retried while the error is transient (the database was
 /// busy), dead-lettered at once otherwise.
@@ -523,6 +542,12 @@ fn check_samples(
         sensor.evicted,
     );
     checks.equal("samples: rows", rows, "processed", report.processed);
+    // Each transaction wrote a batch of 1..=32 samples.
+    let batches = BATCHES.load(Ordering::Relaxed);
+    checks.check(
+        &format!("samples: {rows} rows in {batches} batches of at most 32"),
+        batches > 0 && rows <= 32 * batches && rows >= batches,
+    );
     checks.equal(
         "samples: leftover rows",
         left,
