@@ -1805,7 +1805,7 @@ impl Suite {
             );
         }
         if self.wants("S5B") {
-            let mut variants: Vec<(&str, Base, Box<dyn Fn() -> f64>)> = Vec::new();
+            let mut variants: Vec<Variant<'_>> = Vec::new();
             for (name, size) in [
                 ("batches of 1", 1),
                 ("batches of 16", 16),
