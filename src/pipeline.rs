@@ -215,11 +215,16 @@ impl<T: Send + 'static> Pipeline<T> {
     /// [`PushOutcome::Closed`] with the item, also to a thread blocked in it.
     ///
     /// Never call it from async code (a task on any runtime): it blocks the runtime's
-    /// thread, and can deadlock one whose workers need that thread.
+    /// thread, and can deadlock one whose workers need that thread. From a tokio task, call
+    /// it inside `tokio::task::spawn_blocking` (or `block_in_place`), or use
+    /// [`push`](Pipeline::push)`.await`.
     ///
     /// # Panics
     ///
-    /// With the `tokio` feature, when called on a thread that is running a tokio runtime.
+    /// With the `tokio` feature, under [`Policy::Block`], when called on a thread that is
+    /// running a tokio runtime, with tokio's message ("Cannot start a runtime from within a
+    /// runtime"), as [`Queue::push_blocking`](crate::Queue::push_blocking) says; the item is
+    /// dropped with the panic.
     ///
     /// # Examples
     ///

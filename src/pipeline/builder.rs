@@ -265,7 +265,8 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
 
     /// Retries items whose work failed and handed the item back
     /// ([`Outcome::Retry`](crate::Outcome::Retry)), with backoff (default
-    /// [`Retry::never`]). After the last attempt the item goes to the
+    /// [`Retry::never`]). Only `Outcome::Retry` is retried: an `Err` from work that returns
+    /// `Result<(), E>` is final (the item is gone with it). After the last attempt the item goes to the
     /// [dead-letter hook](PipelineBuilder::dead_letter) and counts as failed. An item waiting
     /// for its next attempt when the shutdown deadline passes is handed back with the
     /// leftovers ([`Pipeline::take_leftovers`]).
@@ -295,7 +296,10 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
 
     /// How a worker's state is built again after a failed attempt, and rebuilt after a
     /// panic under [`OnPanic::Restart`] (default: 5 attempts, 100 ms doubling up to 10 s,
-    /// with jitter). A worker whose every attempt fails ends; when none is left that could
+    /// with jitter). A restart waits the backoff of its count of consecutive panics (the
+    /// attempts do not cap restarts; they cap the failed builds of each one): work that
+    /// panics on every item under `Restart` waits up to `max` per item, so give it a short
+    /// backoff if that can happen. A worker whose every attempt fails ends; when none is left that could
     /// start, the pipeline stops itself with [`StopCause::NoWorkers`](crate::StopCause::NoWorkers)
     /// instead of leaving producers waiting. Each failed attempt is counted in
     /// [`Report::start_failures`](crate::Report::start_failures).
@@ -528,11 +532,13 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// its first item; each call of `work` gets `&mut` access to it; the state is dropped
     /// when its worker ends (or is rebuilt after a panic under [`OnPanic::Restart`]).
     ///
-    /// `init` may fail: a failed attempt is counted and tried again with the
-    /// [`start_retry`](PipelineBuilder::start_retry) backoff; a worker whose every attempt
-    /// fails ends, and a pipeline none of whose workers can start stops itself
-    /// ([`StopCause::NoWorkers`](crate::StopCause::NoWorkers)). Its error type needs only
-    /// `Debug` (it is logged with the `tracing` feature).
+    /// `init` returns a `Result` and may fail (an `Err`, or a panic): a failed attempt is
+    /// counted and tried again with the [`start_retry`](PipelineBuilder::start_retry)
+    /// backoff; a worker whose every attempt fails ends, and a pipeline none of whose workers
+    /// can start stops itself ([`StopCause::NoWorkers`](crate::StopCause::NoWorkers)). Its
+    /// error type needs only `Debug` (it is logged with the `tracing` feature), but it must be
+    /// named: write `Ok::<_, std::io::Error>(state)`, or `Ok::<_, std::convert::Infallible>`
+    /// for an `init` that cannot fail.
     ///
     /// `work` borrows the state across its `.await`s, so it returns a boxed future:
     /// write it as `|state, item| Box::pin(async move { … })`. Its output is as for

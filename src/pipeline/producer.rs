@@ -282,7 +282,9 @@ impl<T> Producer<T> {
     ///
     /// # Panics
     ///
-    /// With the `tokio` feature, when called on a thread that is running a tokio runtime.
+    /// With the `tokio` feature, under [`Policy::Block`](crate::Policy::Block), when called
+    /// on a thread that is running a tokio runtime; as
+    /// [`Pipeline::push_blocking`](crate::Pipeline::push_blocking).
     ///
     /// # Examples
     ///

@@ -122,7 +122,8 @@ impl fmt::Display for Report {
         write!(
             f,
             "produced {} = processed {} + failed {} + dropped {} + abandoned {} \
-             (handed back {}, lost in flight {}) + panicked {}; retried {}, restarts {}; \
+             (handed back {}, lost in flight {}) + panicked {}; retried {}, restarts {}, \
+             start failures {}; \
              workers: {} spawned, {} joined, {} aborted, {} not started, {} unresponsive; {:?}{}",
             self.produced,
             self.processed,
@@ -134,6 +135,7 @@ impl fmt::Display for Report {
             self.panicked,
             self.retried,
             self.restarts,
+            self.start_failures,
             self.workers_spawned,
             self.workers_joined,
             self.workers_aborted,
@@ -215,7 +217,8 @@ pub enum OnPanic {
     /// Drop the worker's state (a panic may have left it inconsistent), build a new one
     /// after a backoff (the [`start_retry`](crate::PipelineBuilder::start_retry) policy,
     /// growing with consecutive panics), and go on; each rebuild is counted in
-    /// [`Report::restarts`]. For stateless work it is [`Isolate`](OnPanic::Isolate) with a
+    /// [`Report::restarts`], each failed attempt to build in [`Report::start_failures`]
+    /// (a worker that cannot rebuild ends, as one that cannot start). For stateless work it is [`Isolate`](OnPanic::Isolate) with a
     /// backoff.
     Restart,
 }

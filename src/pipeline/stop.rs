@@ -20,9 +20,12 @@ use crate::spawner::BoxFuture;
 /// `Future<Output = ()> + Send + 'static` that completes when the pipeline should stop —
 /// tokio-util's `token.clone().cancelled_owned()`, a Ctrl-C future, a oneshot.
 ///
-/// Either way the semantics are the same: intake stops, the queue closes and every waiting
-/// producer and worker is released, as [`shutdown`](crate::Pipeline::shutdown) begins it,
-/// and the report's cause is [`StopCause::External`](crate::StopCause::External).
+/// Either way the semantics are the same: intake stops and the queue closes, releasing every
+/// waiting producer (with its item back) and every idle worker, as
+/// [`shutdown`](crate::Pipeline::shutdown) begins it, and the report's cause is
+/// [`StopCause::External`](crate::StopCause::External). The workers go on draining what
+/// was accepted; call `shutdown` to bound that (its deadline counts from that call) and get
+/// the report.
 /// A token's cancel does all that in the call that cancels it; a future is watched by a task
 /// on the pipeline's spawner, which does it as soon as the future completes, and which ends
 /// when the pipeline stops. `shutdown` looks at the future once before it names its own
