@@ -20,7 +20,9 @@
 //!   hands a failed item back), [retries](PipelineBuilder::retry) with backoff and a
 //!   [dead-letter hook](PipelineBuilder::dead_letter), a
 //!   [state per worker](PipelineBuilder::spawn_with_state) (a connection) rebuilt after a
-//!   panic ([`OnPanic::Restart`]), and any [`StopSignal`] as parent: a token, or any future.
+//!   panic ([`OnPanic::Restart`]), any [`StopSignal`] as parent (a token, or any future),
+//!   and [batch workers](PipelineBuilder::spawn_batched) whose [`Batch`] closes at a size
+//!   or after a wait.
 //! - Loss you can see while it happens: live [`Stats`] from the pipeline or any
 //!   [`Producer`] handle, a hook called with each shed item
 //!   ([`on_shed`](PipelineBuilder::on_shed)), and with the `tracing` feature one warning when
