@@ -607,8 +607,12 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// counts each of its items as failed, one that panics each as panicked; a retried batch
     /// is tried again whole ([`Outcome::Retry`](crate::Outcome::Retry) hands it back) and,
     /// after its last attempt, goes to
-    /// [`dead_letter_batch`](PipelineBuilder::dead_letter_batch). Every policy and `Block`'s
-    /// back-pressure are unchanged: a batch being filled holds its items out of the queue.
+    /// [`dead_letter_batch`](PipelineBuilder::dead_letter_batch). Per-item outcomes: the
+    /// batch handed back by `Retry` or `Reject` may hold only the items that failed, and the
+    /// others count as processed (handed back empty, nothing is retried); a batch handed
+    /// back with more items than were taken is not retried but dead-lettered, the items
+    /// taken counted as failed. Every policy and `Block`'s back-pressure are unchanged: a
+    /// batch being filled holds its items out of the queue.
     ///
     /// At shutdown, a batch being filled when the queue closes is delivered at once, with
     /// what the queue still holds (up to `max_items`), never after waiting for `max_wait`;

@@ -350,6 +350,8 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
                     return Step::Next;
                 }
                 Outcome::Reject(item, error) => {
+                    // A batch may hand back only the items that failed: the others succeeded.
+                    hand.keep(S::count(&item));
                     hand.settle(Fate::Failed);
                     self.dead_letter(item, error);
                     return Step::Next;
@@ -357,17 +359,28 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
                 Outcome::Retry(item, error) => (item, error),
             };
             failed += 1;
-            // Ends: `failed` grows by one each turn, up to the attempts allowed.
-            if failed >= self.retry.max_attempts() {
+            let back = S::count(&retry);
+            // Ends: `failed` grows by one each turn, up to the attempts allowed. A batch
+            // handed back with more items than it held is not retried (the pipeline never
+            // took the others): its items go to the dead letter, its own count as failed.
+            if failed >= self.retry.max_attempts() || back > hand.held() {
                 hand.settle(Fate::Failed);
                 self.dead_letter(retry, error);
+                return Step::Next;
+            }
+            // A batch may hand back only the items that failed: the others succeeded, and
+            // with none handed back there is nothing to retry.
+            hand.keep(back);
+            if back == 0 {
+                self.on_error(error);
+                drop_quietly(retry);
                 return Step::Next;
             }
             shared.ledger.retried();
             // Parked while it waits: the deadline, an abort or an unresponsive worker
             // leaves it where shutdown hands it back.
             shared.park(index, S::into_items(retry));
-            hand.park();
+            let held = hand.park();
             self.on_error(error);
             let wait = self.retry.wait(failed);
             if !pause(shared, wait, shared.worker_token.cancelled()).await {
@@ -376,7 +389,7 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
             match shared.unpark(index) {
                 Some(parked) => {
                     item = S::from_items(parked);
-                    hand.take(S::count(&item));
+                    hand.take(held);
                 }
                 // Shutdown took it (it gave up on this worker): it is handed back.
                 None => return Step::Stop,

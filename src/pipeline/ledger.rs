@@ -169,9 +169,25 @@ impl<'a> InHand<'a> {
         self.ledger.record(fate, std::mem::take(&mut self.held));
     }
 
-    /// They went to the parking slot, from which shutdown can hand them back.
-    pub(super) fn park(&mut self) {
-        self.held = 0;
+    /// How many items are in hand.
+    pub(super) fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Of the items in hand, `kept` stay; the others succeeded (a batch that hands back
+    /// only its failed items). `kept` is at most the items in hand.
+    pub(super) fn keep(&mut self, kept: u64) {
+        let done = self.held.saturating_sub(kept);
+        if done > 0 {
+            self.ledger.record(Fate::Processed, done);
+            self.held -= done;
+        }
+    }
+
+    /// They went to the parking slot, from which shutdown can hand them back; returns how
+    /// many, to take back with them.
+    pub(super) fn park(&mut self) -> u64 {
+        std::mem::take(&mut self.held)
     }
 }
 

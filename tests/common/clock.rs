@@ -4,7 +4,7 @@
 //! # Invariants
 //!
 //! 1. A sleep's deadline is fixed when the sleep is created: the clock's `now` then, plus
-//!    its duration (`None`, never, when that overflows: [`Duration::MAX`] never fires).
+//!    its duration (`None`, never, for [`Duration::MAX`] or when the sum overflows).
 //! 2. A sleep is pending (counted by [`ManualClock::sleepers`]) from its creation until it
 //!    completes or is dropped; `advance` removes every sleep whose deadline it reaches, and
 //!    a removed sleep is complete for good.
@@ -104,7 +104,10 @@ impl ManualClock {
     pub fn sleep(self: &Arc<Self>, duration: Duration) -> ManualSleep {
         let mut state = self.lock();
         state.created += 1;
-        let deadline = state.now.checked_add(duration);
+        // `Duration::MAX` is never, as on a real timer, even from zero.
+        let deadline = (duration != Duration::MAX)
+            .then(|| state.now.checked_add(duration))
+            .flatten();
         if deadline.is_some_and(|deadline| deadline <= state.now) {
             // A zero sleep is complete at once, never pending.
             return ManualSleep {
