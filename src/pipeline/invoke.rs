@@ -213,7 +213,7 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
             }
             // Every stop closes the queue (the stop token's hook), which wakes this take: it
             // drains what is left, then ends the loop.
-            let Some(unit) = self.source.take(shared).await else {
+            let Some(unit) = self.source.take(shared, index).await else {
                 // Closed and empty, for good: workers still waiting to start can stop.
                 shared.drained.cancel();
                 return Exit::Finished;
@@ -353,17 +353,21 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
                     // A batch may hand back only the items that failed: the others succeeded.
                     hand.keep(S::count(&item));
                     hand.settle(Fate::Failed);
-                    self.dead_letter(item, error);
+                    if S::count(&item) == 0 {
+                        self.on_error(error);
+                        drop_quietly(item);
+                    } else {
+                        self.dead_letter(item, error);
+                    }
                     return Step::Next;
                 }
                 Outcome::Retry(item, error) => (item, error),
             };
             failed += 1;
             let back = S::count(&retry);
-            // Ends: `failed` grows by one each turn, up to the attempts allowed. A batch
-            // handed back with more items than it held is not retried (the pipeline never
-            // took the others): its items go to the dead letter, its own count as failed.
-            if failed >= self.retry.max_attempts() || back > hand.held() {
+            // A batch handed back with more items than it held is not retried (the pipeline
+            // never took the others): it goes to the dead letter, the items held as failed.
+            if back > hand.held() {
                 hand.settle(Fate::Failed);
                 self.dead_letter(retry, error);
                 return Step::Next;
@@ -374,6 +378,12 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
             if back == 0 {
                 self.on_error(error);
                 drop_quietly(retry);
+                return Step::Next;
+            }
+            // Ends: `failed` grows by one each turn, up to the attempts allowed.
+            if failed >= self.retry.max_attempts() {
+                hand.settle(Fate::Failed);
+                self.dead_letter(retry, error);
                 return Step::Next;
             }
             shared.ledger.retried();

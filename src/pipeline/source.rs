@@ -14,10 +14,13 @@ pub(super) trait Source<T>: Send + Sync + 'static {
     /// What one call of the work gets: an item, or a batch.
     type Unit: Send + 'static;
 
-    /// The next unit; `None` once the queue is closed and empty.
+    /// The next unit for worker `index`; `None` once the queue is closed and empty. Items
+    /// it holds while it waits (a batch being filled) go to the worker's parking slot if it
+    /// is dropped (an abort), to be handed back.
     fn take<'a>(
         &'a self,
         shared: &'a Shared<T>,
+        index: usize,
     ) -> impl Future<Output = Option<Self::Unit>> + Send + 'a;
 
     /// How many items the unit holds (each counts in the ledger).
@@ -37,7 +40,12 @@ pub(super) struct One;
 impl<T: Send + 'static> Source<T> for One {
     type Unit = T;
 
-    fn take<'a>(&'a self, shared: &'a Shared<T>) -> impl Future<Output = Option<T>> + Send + 'a {
+    fn take<'a>(
+        &'a self,
+        shared: &'a Shared<T>,
+        _: usize,
+    ) -> impl Future<Output = Option<T>> + Send + 'a {
+        // Holds nothing while it waits: an item is taken in the poll that returns it.
         shared.queue.pop()
     }
 
@@ -107,18 +115,42 @@ impl Batch {
     }
 }
 
+/// A batch being filled: parked in its worker's slot if dropped before it is delivered.
+struct Filling<'a, T> {
+    shared: &'a Shared<T>,
+    index: usize,
+    batch: Vec<T>,
+}
+
+impl<T> Drop for Filling<'_, T> {
+    fn drop(&mut self) {
+        if !self.batch.is_empty() {
+            self.shared
+                .park(self.index, std::mem::take(&mut self.batch));
+        }
+    }
+}
+
 impl<T: Send + 'static> Source<T> for Batch {
     type Unit = Vec<T>;
 
-    async fn take(&self, shared: &Shared<T>) -> Option<Vec<T>> {
+    async fn take(&self, shared: &Shared<T>, index: usize) -> Option<Vec<T>> {
         // One lock for what the queue holds, up to the limit; it waits for the first item.
-        let mut batch = shared.queue.pop_many(self.max_items).await;
-        if batch.is_empty() {
+        let first = shared.queue.pop_many(self.max_items).await;
+        if first.is_empty() {
             return None; // closed and empty
         }
         if self.max_wait.is_zero() {
-            return Some(batch);
+            return Some(first);
         }
+        // Held across the waits below: parked if this future is dropped (an abort at the
+        // deadline), so that shutdown hands the items back.
+        let mut filling = Filling {
+            shared,
+            index,
+            batch: first,
+        };
+        let batch = &mut filling.batch;
         // `max_wait` counts from the first item, on the spawner's timer.
         let mut timer = shared.spawner.sleep(self.max_wait);
         // Ends: each turn adds at least one item, or breaks.
@@ -135,7 +167,7 @@ impl<T: Send + 'static> Source<T> for Batch {
                 break;
             }
         }
-        Some(batch)
+        Some(std::mem::take(batch))
     }
 
     fn count(unit: &Vec<T>) -> u64 {
