@@ -126,10 +126,58 @@ async fn a_parent_stop_followed_by_a_panic_reports_external(sp: Sp) {
     assert_eq!(report.cause, StopCause::External, "{report}");
 }
 
+async fn cancelling_the_handed_out_worker_token_stops_no_worker(sp: Sp) {
+    // The token a worker watches is a child of the pipeline's own: a user who cancels it
+    // (by mistake, or to stop their own code) does not end the workers while producers
+    // still wait for them under `Block`.
+    let builder = Pipeline::builder(1, Policy::Block).workers(2);
+    let token = builder.worker_token();
+    let pipeline = builder.spawn(sp, |_: u32| async {}).unwrap();
+    assert!(token.cancel());
+    for n in 0..100 {
+        assert!(pipeline.push(n).await.is_accepted(), "item {n}");
+    }
+    let report = pipeline.shutdown().await;
+    assert_eq!(report.processed, 100, "{report}");
+    assert!(report.is_conserved() && report.all_joined(), "{report}");
+}
+
+async fn a_state_whose_drop_panics_ends_its_worker_cleanly(sp: Sp) {
+    struct Poisoned;
+    impl Drop for Poisoned {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("the state's Drop panics");
+            }
+        }
+    }
+    let pipeline = Pipeline::builder(4, Policy::Block)
+        .workers(2)
+        .spawn_with_state(
+            sp,
+            |_| async { Ok::<_, std::convert::Infallible>(Poisoned) },
+            |_: &mut Poisoned, _: u32| Box::pin(async {}),
+        )
+        .unwrap();
+    for n in 0..10 {
+        assert!(pipeline.push(n).await.is_accepted());
+    }
+    let report = pipeline.shutdown().await;
+    assert_eq!(report.processed, 10, "{report}");
+    assert_eq!(
+        (report.workers_joined, report.workers_aborted),
+        (2, 0),
+        "{report}"
+    );
+    assert!(report.is_conserved(), "{report}");
+}
+
 on_every_runtime!(
     isolate_survives_a_panic_payload_that_panics_on_drop,
     a_second_shutdown_is_bounded_while_the_first_is_parked,
     a_parent_stop_followed_by_a_panic_reports_external,
+    cancelling_the_handed_out_worker_token_stops_no_worker,
+    a_state_whose_drop_panics_ends_its_worker_cleanly,
 );
 
 /// Counts before user code: with `tracing`, shutdown's summary line calls the subscriber

@@ -180,9 +180,13 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         self
     }
 
-    /// The token shutdown cancels when the deadline passes, before it aborts the workers.
-    /// Capture it in the worker to wind down cooperatively (flush, checkpoint) instead of
-    /// being aborted mid-item.
+    /// A token that shutdown cancels when the deadline passes, before it aborts the
+    /// workers. Capture it in the worker to wind down cooperatively (flush, checkpoint)
+    /// instead of being aborted mid-item.
+    ///
+    /// It is a child of the pipeline's own worker token: cancelling it cancels only it (and
+    /// its own children), never the pipeline's workers, so it cannot stop the workers while
+    /// producers still wait for them.
     ///
     /// # Examples
     ///
@@ -190,10 +194,13 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// use backpressure_pipeline::{Pipeline, Policy};
     ///
     /// let builder = Pipeline::<u32>::builder(4, Policy::Block);
+    /// let token = builder.worker_token();
+    /// assert!(!token.is_cancelled());
+    /// token.cancel(); // no effect on the pipeline
     /// assert!(!builder.worker_token().is_cancelled());
     /// ```
     pub fn worker_token(&self) -> CancellationToken {
-        self.worker_token.clone()
+        self.worker_token.child_token()
     }
 
     /// Calls `hook` with each item the policy sheds (`DropNewest`) or evicts

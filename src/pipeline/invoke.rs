@@ -201,11 +201,13 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
         let mut hand = InHand::new(&shared.ledger);
         // Consecutive panics, for the restart's backoff.
         let mut panics = 0;
-        let mut state = match self.start(shared, index, 0).await {
-            Start::Ready(state) => state,
+        // Dropped quietly however the worker ends (its `Drop` is user code: a panic in it
+        // must not turn a finished worker into a panicked one).
+        let mut state = Quiet(match self.start(shared, index, 0).await {
+            Start::Ready(state) => Some(state),
             Start::GaveUp => return self.gave_up(shared),
             Start::Stopped => return Exit::Finished,
-        };
+        });
         loop {
             // Cooperative stop at the deadline: take no new item.
             if shared.worker_token.is_cancelled() {
@@ -220,7 +222,7 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
             };
             hand.take(S::count(&unit));
             match self
-                .invoke(shared, index, &mut state, unit, &mut hand)
+                .invoke(shared, index, state.get(), unit, &mut hand)
                 .await
             {
                 Step::Next => panics = 0,
@@ -231,10 +233,10 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
                     OnPanic::Restart => {
                         // The old state may be poisoned: drop it (its `Drop` is user code)
                         // and build a new one after a backoff.
-                        drop_quietly(state);
+                        drop_quietly(state.0.take());
                         panics += 1;
-                        state = match self.start(shared, index, panics).await {
-                            Start::Ready(state) => state,
+                        state.0 = match self.start(shared, index, panics).await {
+                            Start::Ready(state) => Some(state),
                             Start::GaveUp => return self.gave_up(shared),
                             Start::Stopped => return Exit::Finished,
                         };
@@ -425,6 +427,22 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
                 drop_quietly(error);
             }
         }
+    }
+}
+
+/// A worker's state, dropped quietly (a panic in its `Drop` is caught and forgotten).
+struct Quiet<S>(Option<S>);
+
+impl<S> Quiet<S> {
+    fn get(&mut self) -> &mut S {
+        // Some between a start and the next restart, which replaces it before any call.
+        self.0.as_mut().expect("a worker's state is built before its calls")
+    }
+}
+
+impl<S> Drop for Quiet<S> {
+    fn drop(&mut self) {
+        drop_quietly(self.0.take());
     }
 }
 
