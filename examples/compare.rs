@@ -1184,8 +1184,13 @@ fn s5_pool() -> f64 {
 // S5B: the pipeline in batches, and an item's latency from push to the start of its work
 // ---------------------------------------------------------------------------------------------
 
-/// The batch sizes measured, each with `S5B_WAIT` as the longest wait after a first item.
-const S5B_SIZES: [usize; 3] = [1, 16, 64];
+/// The batch sizes measured (with their row names), each with `S5B_WAIT` as the longest
+/// wait after a first item.
+const S5B_SIZES: [(&str, usize); 3] = [
+    ("batches of 1", 1),
+    ("batches of 16", 16),
+    ("batches of 64", 64),
+];
 const S5B_WAIT: Duration = Duration::from_millis(1);
 /// The latency run: items pushed at a steady pace the workers keep up with (the latency of a
 /// saturated queue is its queueing delay, which no batch size changes).
@@ -1258,7 +1263,7 @@ fn s5_latency(max_items: usize, quantile: f64) -> f64 {
                 // item's slot, yielding so that the workers run.
                 let slot = begun + S5L_PACE * i as u32;
                 while Instant::now() < slot {
-                    futures_lite_yield().await;
+                    smol::future::yield_now().await;
                 }
                 assert!(pipeline.push(Instant::now()).await.is_accepted());
             }
@@ -1270,21 +1275,6 @@ fn s5_latency(max_items: usize, quantile: f64) -> f64 {
     latencies.sort();
     let at = ((latencies.len() - 1) as f64 * quantile).round() as usize;
     latencies[at].as_secs_f64() * 1e6
-}
-
-/// One turn for the other tasks.
-async fn futures_lite_yield() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1806,12 +1796,7 @@ impl Suite {
         }
         if self.wants("S5B") {
             let mut variants: Vec<Variant<'_>> = Vec::new();
-            for (name, size) in [
-                ("batches of 1", 1),
-                ("batches of 16", 16),
-                ("batches of 64", 64),
-            ] {
-                debug_assert!(S5B_SIZES.contains(&size));
+            for (name, size) in S5B_SIZES {
                 variants.push((
                     name,
                     Base::Variant("hand-written pool"),
@@ -1824,7 +1809,7 @@ impl Suite {
                 Unit::ItemsPerSec,
                 variants,
             );
-            for size in S5B_SIZES {
+            for (_, size) in S5B_SIZES {
                 self.measure(
                     &format!("S5L latency push→start, batches of {size}, 1 item/10µs"),
                     Unit::Us,

@@ -5,8 +5,10 @@
 //! 1. Every accepted item ends in exactly one place: popped by a worker (`popped`), evicted
 //!    by the policy (`evicted`), or left in the queue at the end (`take_all`); the queue
 //!    counts the first two under its lock, so the three add up even while an unresponsive
-//!    worker still runs. A popped item ends processed, panicked, or abandoned (its worker was
-//!    stopped or is unresponsive).
+//!    worker still runs. A popped item then has one fate in the ledger (`ledger.rs`, whose
+//!    sums are the law): processed, failed, panicked, lost in flight, or parked (waiting
+//!    for a retry, or in a batch cut by an abort) and handed back at the end; what has none
+//!    at the report is in an unresponsive worker's hands, lost in flight.
 //! 2. Every spawned worker has an abort handle and sends its outcome over a oneshot only
 //!    after its future has been dropped, so a joined worker holds nothing of the
 //!    pipeline's. Outcomes are recorded where every `shutdown` call sees them.
@@ -585,9 +587,10 @@ impl<T: Send + 'static> Pipeline<T> {
         }
     }
 
-    /// Takes the items a finished [`shutdown`](Pipeline::shutdown) handed back: those
-    /// waiting for a retry when the deadline passed first (by worker index), then those left
-    /// in the queue, in queue order. Counted in
+    /// Takes the items a finished [`shutdown`](Pipeline::shutdown) handed back: first those
+    /// its workers held without having started them (waiting for a retry, or in a batch
+    /// being filled when the deadline passed), by worker index, then those left in the
+    /// queue, in queue order. Counted in
     /// [`Report::handed_back`]. Empty before shutdown has finished, and after a first call
     /// has taken them.
     ///

@@ -280,4 +280,28 @@ async fn an_item_arriving_as_the_timer_fires_is_neither_lost_nor_late(_sp: Sp) {
 }
 
 #[cfg(feature = "smol")]
-on_every_runtime!(an_item_arriving_as_the_timer_fires_is_neither_lost_nor_late);
+async fn a_filling_batch_goes_with_a_dropped_pipeline(sp: Sp) {
+    // Found by the final read: the pipeline dropped without `shutdown` while its worker
+    // fills a batch; the aborted worker parked the batch after the drop took the parked
+    // items, and a `Producer` handle kept it alive. Now it is dropped with the pipeline.
+    let live = Live::new();
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let pipeline = Pipeline::builder(8, Policy::Block)
+        .spawn_batched(spawner, Batch::new(4, HOUR), |_: Vec<Tracked>| async {})
+        .unwrap();
+    let producer = pipeline.producer();
+    assert!(pipeline.push(live.track()).await.is_accepted());
+    // The worker holds the item in a batch waiting for its timer.
+    clock.until_sleepers(1).await;
+    assert!(pipeline.is_empty());
+    drop(pipeline);
+    live.all_dropped().await;
+    assert!(producer.is_closed());
+    drop(producer);
+}
+
+#[cfg(feature = "smol")]
+on_every_runtime!(
+    an_item_arriving_as_the_timer_fires_is_neither_lost_nor_late,
+    a_filling_batch_goes_with_a_dropped_pipeline,
+);

@@ -23,8 +23,9 @@ use crate::work::{WorkFuture, WorkOutput};
 /// Configures and starts a [`Pipeline`]. Made by [`Pipeline::builder`].
 ///
 /// The capacity and the policy are required; the rest have defaults: 1 worker, a 5 s drain
-/// deadline, a 1 s grace, 1 s before an aborted worker is named unresponsive, no parent
-/// token.
+/// deadline, a 1 s grace, 1 s before an aborted worker is named unresponsive, no parent,
+/// no item retry ([`Retry::never`]), 5 attempts to build a worker's state
+/// ([`start_retry`](PipelineBuilder::start_retry)), [`OnPanic::Isolate`], no hooks.
 ///
 /// # Examples
 ///
@@ -180,9 +181,10 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         self
     }
 
-    /// A token that shutdown cancels when the deadline passes, before it aborts the
-    /// workers. Capture it in the worker to wind down cooperatively (flush, checkpoint)
-    /// instead of being aborted mid-item.
+    /// A token cancelled when the workers must take no new item: when shutdown's deadline
+    /// passes (before it aborts them), at a panic stop ([`OnPanic::StopPipeline`]), when no
+    /// worker can start, and when the pipeline is dropped. Capture it in the worker to wind
+    /// down cooperatively (flush, checkpoint) instead of being aborted mid-item.
     ///
     /// It is a child of the pipeline's own worker token: cancelling it cancels only it (and
     /// its own children), never the pipeline's workers, so it cannot stop the workers while
@@ -508,8 +510,9 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// # Errors
     ///
     /// [`BuildError::Config`] for a capacity, worker count or number of attempts out of
-    /// range, [`BuildError::Spawn`] if the runtime refuses a task (workers already spawned
-    /// are aborted).
+    /// range, or a [`dead_letter_batch`](PipelineBuilder::dead_letter_batch) hook
+    /// ([`ConfigError::DeadLetterMode`]); [`BuildError::Spawn`] if the runtime refuses a
+    /// task (workers already spawned are aborted).
     ///
     /// # Examples
     ///
@@ -612,8 +615,8 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     ///
     /// Everything else is as for one item at a time, counted per item: a batch that fails
     /// counts each of its items as failed, one that panics each as panicked; a retried batch
-    /// is tried again whole ([`Outcome::Retry`](crate::Outcome::Retry) hands it back) and,
-    /// after its last attempt, goes to
+    /// is tried again with the items [`Outcome::Retry`](crate::Outcome::Retry) hands back
+    /// and, after its last attempt, goes to
     /// [`dead_letter_batch`](PipelineBuilder::dead_letter_batch). Per-item outcomes: the
     /// batch handed back by `Retry` or `Reject` may hold only the items that failed, and the
     /// others count as processed (handed back empty, nothing is retried); a batch handed

@@ -355,12 +355,7 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
                     // A batch may hand back only the items that failed: the others succeeded.
                     hand.keep(S::count(&item));
                     hand.settle(Fate::Failed);
-                    if S::count(&item) == 0 {
-                        self.on_error(error);
-                        drop_quietly(item);
-                    } else {
-                        self.dead_letter(item, error);
-                    }
+                    self.dead_letter(item, error);
                     return Step::Next;
                 }
                 Outcome::Retry(item, error) => (item, error),
@@ -375,15 +370,10 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
                 return Step::Next;
             }
             // A batch may hand back only the items that failed: the others succeeded, and
-            // with none handed back there is nothing to retry.
+            // with none handed back there is nothing to retry. Ends: `failed` grows by one
+            // each turn, up to the attempts allowed.
             hand.keep(back);
-            if back == 0 {
-                self.on_error(error);
-                drop_quietly(retry);
-                return Step::Next;
-            }
-            // Ends: `failed` grows by one each turn, up to the attempts allowed.
-            if failed >= self.retry.max_attempts() {
+            if back == 0 || failed >= self.retry.max_attempts() {
                 hand.settle(Fate::Failed);
                 self.dead_letter(retry, error);
                 return Step::Next;
@@ -392,7 +382,7 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
             // Parked while it waits: the deadline, an abort or an unresponsive worker
             // leaves it where shutdown hands it back.
             shared.park(index, S::into_items(retry));
-            let held = hand.park();
+            hand.park();
             self.on_error(error);
             let wait = self.retry.wait(failed);
             if !pause(shared, wait, shared.worker_token.cancelled()).await {
@@ -401,7 +391,7 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
             match shared.unpark(index) {
                 Some(parked) => {
                     item = S::from_items(parked);
-                    hand.take(held);
+                    hand.take(back);
                 }
                 // Shutdown took it (it gave up on this worker): it is handed back.
                 None => return Step::Stop,
@@ -416,7 +406,13 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
         drop_quietly(error);
     }
 
+    /// The error hook, then the dead-letter hook with the unit (none for an empty batch,
+    /// which has no item left to give).
     fn dead_letter(&self, item: S::Unit, error: J::Error) {
+        if S::count(&item) == 0 {
+            drop_quietly(item);
+            return self.on_error(error);
+        }
         if let Some(hook) = &self.hooks.on_error {
             catch_quietly_sync(|| hook(&error));
         }
@@ -436,7 +432,9 @@ struct Quiet<S>(Option<S>);
 impl<S> Quiet<S> {
     fn get(&mut self) -> &mut S {
         // Some between a start and the next restart, which replaces it before any call.
-        self.0.as_mut().expect("a worker's state is built before its calls")
+        self.0
+            .as_mut()
+            .expect("a worker's state is built before its calls")
     }
 }
 
@@ -480,10 +478,10 @@ async fn yield_now() {
 }
 
 /// Runs a hook (user code) after the item's fate is recorded; a panic in it is caught and
-/// forgotten, so that a hook cannot take the worker down.
+/// its payload dropped quietly, so that a hook cannot take the worker down.
 fn catch_quietly_sync(hook: impl FnOnce()) {
     if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(hook)) {
-        std::mem::forget(payload);
+        drop_quietly(payload);
     }
 }
 

@@ -184,10 +184,9 @@ impl<'a> InHand<'a> {
         }
     }
 
-    /// They went to the parking slot, from which shutdown can hand them back; returns how
-    /// many, to take back with them.
-    pub(super) fn park(&mut self) -> u64 {
-        std::mem::take(&mut self.held)
+    /// They went to the parking slot, from which shutdown can hand them back.
+    pub(super) fn park(&mut self) {
+        self.held = 0;
     }
 }
 

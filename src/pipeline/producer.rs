@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::ledger::{Fates, Ledger};
 use super::stop::Parent;
+use super::worker::{drop_each, drop_quietly};
 use super::StopCause;
 use crate::cancel::CancellationToken;
 use crate::policy::PushOutcome;
 use crate::queue::Queue;
 use crate::spawner::Spawner;
 use crate::stats::Stats;
-use crate::sync::{AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 /// The hook called with each shed or evicted item.
 pub(super) type ShedHook<T> = Box<dyn Fn(&T) + Send + Sync>;
@@ -33,6 +34,10 @@ pub(super) struct Shared<T> {
     /// Each worker's items (one, or a batch) waiting for a retry, where shutdown can hand
     /// them back; empty when none wait.
     parked: Box<[Mutex<Vec<T>>]>,
+    /// Whether parked items can still be handed back: cleared when shutdown has taken the
+    /// leftovers, or the pipeline is dropped; a worker that parks after that (it was aborted
+    /// late, or is unresponsive) drops its items, which the report counted in flight.
+    parking_open: AtomicBool,
     /// Workers that gave up building their state.
     not_started: AtomicUsize,
     pub(super) spawner: Arc<dyn Spawner>,
@@ -61,6 +66,7 @@ impl<T> Shared<T> {
             drained: CancellationToken::new(),
             ledger: Ledger::new(),
             parked: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            parking_open: AtomicBool::new(true),
             not_started: AtomicUsize::new(0),
             spawner,
             on_shed,
@@ -130,9 +136,19 @@ impl<T> Shared<T> {
         self.not_started.fetch_add(1, Ordering::AcqRel) + 1 == self.parked.len()
     }
 
-    /// Puts worker `index`'s items aside while they wait for a retry.
+    /// Puts worker `index`'s items aside while they wait for a retry, or while it is
+    /// aborted with a batch being filled; once the parking is closed, drops them instead.
     pub(super) fn park(&self, index: usize, items: Vec<T>) {
         let mut slot = lock(&self.parked[index]);
+        // Read under the slot's lock: `take_parked` closes the parking before it takes
+        // each slot's lock, so an item is either taken by it or dropped here, never left.
+        // Relaxed: the slot's mutex orders it.
+        if !self.parking_open.load(Ordering::Relaxed) {
+            drop(slot);
+            // Their `Drop` is user code: outside the lock, each on its own, and quietly.
+            drop_quietly(drop_each(items));
+            return;
+        }
         debug_assert!(slot.is_empty(), "a worker parks one unit at a time");
         *slot = items;
     }
@@ -143,8 +159,11 @@ impl<T> Shared<T> {
         (!items.is_empty()).then_some(items)
     }
 
-    /// Takes every parked item, for shutdown to hand back (by worker, each in its order).
+    /// Takes every parked item, for shutdown to hand back (by worker, each in its order),
+    /// and closes the parking: items parked later are dropped.
     pub(super) fn take_parked(&self) -> Vec<T> {
+        // Relaxed: each slot's mutex, taken below, orders it before a later `park`.
+        self.parking_open.store(false, Ordering::Relaxed);
         self.parked
             .iter()
             .flat_map(|slot| std::mem::take(&mut *lock(slot)))

@@ -218,8 +218,8 @@ pub enum OnPanic {
     /// after a backoff (the [`start_retry`](crate::PipelineBuilder::start_retry) policy,
     /// growing with consecutive panics), and go on; each rebuild is counted in
     /// [`Report::restarts`], each failed attempt to build in [`Report::start_failures`]
-    /// (a worker that cannot rebuild ends, as one that cannot start). For stateless work it is [`Isolate`](OnPanic::Isolate) with a
-    /// backoff.
+    /// (a worker that cannot rebuild ends, as one that cannot start). For stateless work it
+    /// is [`Isolate`](OnPanic::Isolate) with a backoff, each panic counted as a restart.
     Restart,
 }
 

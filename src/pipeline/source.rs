@@ -140,7 +140,7 @@ impl<T: Send + 'static> Source<T> for Batch {
         if first.is_empty() {
             return None; // closed and empty
         }
-        if self.max_wait.is_zero() {
+        if self.max_wait.is_zero() || first.len() == self.max_items {
             return Some(first);
         }
         // Held across the waits below: parked if this future is dropped (an abort at the
@@ -157,14 +157,11 @@ impl<T: Send + 'static> Source<T> for Batch {
         while batch.len() < self.max_items {
             let more = pin!(shared.queue.pop_many(self.max_items - batch.len()));
             match future::select(more, &mut timer).await {
-                // Empty only when the queue is closed and empty: deliver what there is.
+                // Empty only when the queue is closed and empty (close wakes this wait):
+                // deliver what there is at once, never after waiting for the time.
                 Either::Left((more, _)) if more.is_empty() => break,
                 Either::Left((more, _)) => batch.extend(more),
                 Either::Right(_) => break,
-            }
-            // Draining (closed): deliver at once what there is, never wait for the time.
-            if shared.queue.is_closed() && shared.queue.is_empty() {
-                break;
             }
         }
         Some(std::mem::take(batch))

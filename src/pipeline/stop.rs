@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::task::{Context, Poll, Waker};
 
 use futures_util::future;
@@ -106,18 +106,10 @@ impl Parent {
     /// has stopped the pipeline (its `Drop` is user code: not under the lock). Pending for
     /// good without a parent future.
     fn poll_fired(&self, cx: &mut Context<'_>) -> Poll<Spent> {
-        let mut slot = self.signal.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(signal) = slot.as_mut() else {
-            return Poll::Pending;
-        };
-        match catch_unwind(AssertUnwindSafe(|| signal.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(())) => Poll::Ready(Spent(slot.take())),
-            Err(payload) => {
-                drop_quietly(payload);
-                Poll::Ready(Spent(slot.take()))
-            }
-        }
+        poll_slot(
+            &mut self.signal.lock().unwrap_or_else(PoisonError::into_inner),
+            cx,
+        )
     }
 
     /// Drops the future (after the pipeline stopped), outside the lock.
@@ -133,14 +125,31 @@ impl Parent {
     /// Whether the parent future has completed, looked at once without waiting (by
     /// `shutdown`). A future the watcher is polling at this instant is left to it.
     pub(super) fn fired_now(&self) -> Option<Spent> {
-        if self.signal.try_lock().is_err() {
-            return None;
-        }
+        let mut slot = match self.signal.try_lock() {
+            Ok(slot) => slot,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
         // The watcher is woken by the stop that follows, whatever this poll registers.
         let mut cx = Context::from_waker(Waker::noop());
-        match self.poll_fired(&mut cx) {
+        match poll_slot(&mut slot, &mut cx) {
             Poll::Ready(spent) => Some(spent),
             Poll::Pending => None,
+        }
+    }
+}
+
+/// Polls the parent future in its slot, under its lock: see [`Parent::poll_fired`].
+fn poll_slot(slot: &mut Option<BoxFuture>, cx: &mut Context<'_>) -> Poll<Spent> {
+    let Some(signal) = slot.as_mut() else {
+        return Poll::Pending;
+    };
+    match catch_unwind(AssertUnwindSafe(|| signal.as_mut().poll(cx))) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(())) => Poll::Ready(Spent(slot.take())),
+        Err(payload) => {
+            drop_quietly(payload);
+            Poll::Ready(Spent(slot.take()))
         }
     }
 }
