@@ -13,11 +13,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::{pending, Future};
 use std::ops::Range;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use backpressure_pipeline::{
     Report, Retry, Spawner, StopCause, WorkFuture,
 };
 use common::clock::ManualSpawner;
+use common::ledger::{bump, hand_back, ids, lock, Fate, Item, Kit};
 use common::{CountingWaker, Live, Sp, Tracked};
 
 const ZERO: Duration = Duration::ZERO;
@@ -34,178 +35,11 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 // The ledger of ground truth.
 
-/// The one fate an item ends in, as the test saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Fate {
-    /// The work returned success for its batch.
-    Processed,
-    /// The work returned a final error for its batch, consuming it.
-    Failed,
-    /// The batch dead-letter hook received the item.
-    DeadLettered,
-    /// The work panicked on its batch.
-    Panicked,
-    /// The policy shed (`DropNewest`) or evicted (`DropOldest`) the item.
-    Dropped,
-    /// `take_leftovers` returned the item.
-    HandedBack,
-    /// Dropped with its aborted worker.
-    Lost,
-}
-
-/// The ground truth: each id's fates, and the ids dropped so far.
-#[derive(Debug, Clone, Default)]
-struct Ledger(Arc<Mutex<Book>>);
-
-#[derive(Debug, Default)]
-struct Book {
-    fates: HashMap<u32, Vec<Fate>>,
-    dropped: Vec<u32>,
-}
-
-impl Ledger {
-    fn record(&self, ids: &[u32], fate: Fate) {
-        let mut book = lock(&self.0);
-        for &id in ids {
-            book.fates.entry(id).or_default().push(fate);
-        }
-    }
-
-    /// The ids dropped so far, sorted (a repeated id would show twice).
-    fn dropped(&self) -> Vec<u32> {
-        let mut dropped = lock(&self.0).dropped.clone();
-        dropped.sort_unstable();
-        dropped
-    }
-
-    /// Checks that every id in `ids`, and no other, has exactly one fate; returns the ids
-    /// of each fate, sorted.
-    fn settle(&self, ids: Range<u32>) -> Settled {
-        let book = lock(&self.0);
-        let mut by_fate: BTreeMap<Fate, Vec<u32>> = BTreeMap::new();
-        for id in ids.clone() {
-            match book.fates.get(&id).map(Vec::as_slice) {
-                Some(&[fate]) => by_fate.entry(fate).or_default().push(id),
-                other => panic!("item {id} has fates {other:?}, not exactly one"),
-            }
-        }
-        let strays: Vec<_> = book.fates.keys().filter(|id| !ids.contains(id)).collect();
-        assert!(strays.is_empty(), "fates for unknown ids {strays:?}");
-        Settled(by_fate)
-    }
-}
-
-/// The ids of each fate, sorted.
-#[derive(Debug)]
-struct Settled(BTreeMap<Fate, Vec<u32>>);
-
-impl Settled {
-    fn ids(&self, fate: Fate) -> Vec<u32> {
-        self.0.get(&fate).cloned().unwrap_or_default()
-    }
-
-    fn count(&self, fate: Fate) -> u64 {
-        self.0.get(&fate).map_or(0, |ids| ids.len() as u64)
-    }
-
-    /// The report agrees with the ledger on every term, and the law holds.
-    fn assert_matches(&self, report: &Report) {
-        let terms = |r: &Report| {
-            (
-                r.produced,
-                r.processed,
-                r.failed,
-                r.panicked,
-                r.dropped,
-                r.handed_back,
-                r.lost_in_flight,
-            )
-        };
-        let all: u64 = self.0.values().map(|ids| ids.len() as u64).sum();
-        let expected = (
-            all,
-            self.count(Fate::Processed),
-            self.count(Fate::Failed) + self.count(Fate::DeadLettered),
-            self.count(Fate::Panicked),
-            self.count(Fate::Dropped),
-            self.count(Fate::HandedBack),
-            self.count(Fate::Lost),
-        );
-        assert_eq!(terms(report), expected, "{report}");
-        assert_eq!(
-            report.abandoned,
-            report.handed_back + report.lost_in_flight,
-            "{report}"
-        );
-        assert!(report.is_conserved(), "{report}");
-    }
-}
-
-/// An item: not `Clone`, so whatever a hook or `take_leftovers` gives back is the very item
-/// pushed; counted live until dropped, and its drop recorded by id.
-#[derive(Debug)]
-struct Item {
-    id: u32,
-    _live: Tracked,
-    ledger: Ledger,
-}
-
-impl Drop for Item {
-    fn drop(&mut self) {
-        lock(&self.ledger.0).dropped.push(self.id);
-    }
-}
-
-/// The ids of a batch, in its order.
-fn ids(batch: &[Item]) -> Vec<u32> {
-    batch.iter().map(|item| item.id).collect()
-}
-
-/// What each test shares with its work and hooks.
-#[derive(Debug, Clone, Default)]
-struct Kit {
-    items: Live,
-    ledger: Ledger,
-}
-
-impl Kit {
-    fn item(&self, id: u32) -> Item {
-        Item {
-            id,
-            _live: self.items.track(),
-            ledger: self.ledger.clone(),
-        }
-    }
-
-    /// Records a batch's fate and drops it.
-    fn settle(&self, batch: Vec<Item>, fate: Fate) {
-        self.ledger.record(&ids(&batch), fate);
-    }
-
-    /// Once the leftovers are dropped: every item was dropped exactly once, none leaked.
-    fn assert_all_dropped_once(&self, ids: Range<u32>) {
-        assert_eq!(self.items.count(), 0, "items leaked");
-        assert_eq!(self.ledger.dropped(), ids.collect::<Vec<_>>());
-    }
-}
-
 /// A work error that names its batch (by first id) and attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Bad {
     first: u32,
     attempt: u32,
-}
-
-fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Adds one to `key`'s count; returns the new count.
-fn bump(counts: &Mutex<HashMap<u32, u32>>, key: u32) -> u32 {
-    let mut counts = lock(counts);
-    let count = counts.entry(key).or_insert(0);
-    *count += 1;
-    *count
 }
 
 /// Pushes, expecting `Accepted` (under `Block` it may wait for room).
@@ -232,15 +66,6 @@ async fn until_taken(pipeline: &Pipeline<Item>) {
     while !pipeline.is_empty() {
         common::yield_now().await;
     }
-}
-
-/// Takes the leftovers, records them as handed back, and returns them with their ids.
-fn hand_back(pipeline: &Pipeline<Item>, ledger: &Ledger) -> (Vec<Item>, Vec<u32>) {
-    let leftovers = pipeline.take_leftovers();
-    let ids = ids(&leftovers);
-    ledger.record(&ids, Fate::HandedBack);
-    assert!(pipeline.take_leftovers().is_empty(), "handed back once");
-    (leftovers, ids)
 }
 
 /// Every run ends with every worker joined, none aborted.
@@ -713,7 +538,7 @@ async fn the_deadline_loses_the_stuck_batch_and_hands_back_the_queue(sp: Sp) {
     assert_eq!(pipeline.len(), 6);
     let report = pipeline.shutdown().await;
     // The aborted worker dropped its batch before it was joined.
-    kit.ledger.record(&stuck, Fate::Lost);
+    kit.ledger.record_all(&stuck, Fate::Lost);
     assert_eq!(kit.ledger.dropped(), stuck);
     let (leftovers, left) = hand_back(&pipeline, &kit.ledger);
     assert_eq!(left, range(4..10), "item by item, in queue order");
@@ -865,7 +690,7 @@ async fn a_retried_batch_is_tried_whole_then_dead_lettered(sp: Sp) {
         .dead_letter_batch({
             let (dead, ledger) = (dead.clone(), kit.ledger.clone());
             move |batch: Vec<Item>, e: Bad| {
-                ledger.record(&ids(&batch), Fate::DeadLettered);
+                ledger.record_all(&ids(&batch), Fate::DeadLettered);
                 lock(&dead).push((batch, e));
             }
         })
@@ -939,7 +764,7 @@ async fn a_panicking_batch_counts_each_item_panicked(sp: Sp) {
                 let kit = kit.clone();
                 async move {
                     if batch[0].id == 4 {
-                        kit.ledger.record(&ids(&batch), Fate::Panicked);
+                        kit.ledger.record_all(&ids(&batch), Fate::Panicked);
                         panic!("batch [4..8] is poison");
                     }
                     kit.settle(batch, Fate::Processed);
@@ -1089,7 +914,7 @@ async fn a_panicking_batch_rebuilds_the_state_under_restart(sp: Sp) {
                     Box::pin(async move {
                         state.items += batch.len();
                         if batch[0].id == 4 {
-                            kit.ledger.record(&ids(&batch), Fate::Panicked);
+                            kit.ledger.record_all(&ids(&batch), Fate::Panicked);
                             panic!("batch [4..8] is poison");
                         }
                         kit.settle(batch, Fate::Processed);
@@ -1157,7 +982,7 @@ async fn shedding_policy_with_a_held_batch(sp: Sp, policy: Policy) {
         }
     }
     let gone = ids(&discarded);
-    kit.ledger.record(&gone, Fate::Dropped);
+    kit.ledger.record_all(&gone, Fate::Dropped);
     // DropNewest sheds the newcomers; DropOldest evicts the oldest queued, never the
     // batch the worker holds.
     let (expected_gone, next) = match policy {

@@ -9,15 +9,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::future::pending;
-use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backpressure_pipeline::{
     OnPanic, Outcome, Pipeline, Policy, PushOutcome, Report, Retry, StopCause, WorkFuture,
 };
+use common::ledger::{bump, hand_back, lock, Fate, Item, Kit};
 use common::{Live, Sp, Tracked};
 
 const ZERO: Duration = Duration::ZERO;
@@ -27,173 +27,11 @@ fn no_backoff(attempts: u32) -> Retry {
     Retry::attempts(attempts).backoff(ZERO, ZERO)
 }
 
-/// The one fate an item ends in, as the test saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Fate {
-    /// The work returned success.
-    Processed,
-    /// The work returned a final error that consumed the item.
-    Failed,
-    /// The dead-letter hook received the item.
-    DeadLettered,
-    /// The work panicked.
-    Panicked,
-    /// `take_leftovers` returned the item.
-    HandedBack,
-    /// Dropped with its aborted worker.
-    Lost,
-}
-
-/// The ground truth: each id's fates, and the ids dropped so far.
-#[derive(Debug, Clone, Default)]
-struct Ledger(Arc<Mutex<Book>>);
-
-#[derive(Debug, Default)]
-struct Book {
-    fates: HashMap<u32, Vec<Fate>>,
-    dropped: Vec<u32>,
-}
-
-impl Ledger {
-    fn record(&self, id: u32, fate: Fate) {
-        lock(&self.0).fates.entry(id).or_default().push(fate);
-    }
-
-    /// The ids dropped so far, sorted (a repeated id would show twice).
-    fn dropped(&self) -> Vec<u32> {
-        let mut dropped = lock(&self.0).dropped.clone();
-        dropped.sort_unstable();
-        dropped
-    }
-
-    /// Checks that every id in `ids`, and no other, has exactly one fate; returns the ids
-    /// of each fate, sorted.
-    fn settle(&self, ids: Range<u32>) -> Settled {
-        let book = lock(&self.0);
-        let mut by_fate: BTreeMap<Fate, Vec<u32>> = BTreeMap::new();
-        for id in ids.clone() {
-            match book.fates.get(&id).map(Vec::as_slice) {
-                Some(&[fate]) => by_fate.entry(fate).or_default().push(id),
-                other => panic!("item {id} has fates {other:?}, not exactly one"),
-            }
-        }
-        let strays: Vec<_> = book.fates.keys().filter(|id| !ids.contains(id)).collect();
-        assert!(
-            strays.is_empty(),
-            "fates recorded for unknown ids {strays:?}"
-        );
-        Settled(by_fate)
-    }
-}
-
-/// The ids of each fate, sorted.
-#[derive(Debug)]
-struct Settled(BTreeMap<Fate, Vec<u32>>);
-
-impl Settled {
-    fn ids(&self, fate: Fate) -> Vec<u32> {
-        self.0.get(&fate).cloned().unwrap_or_default()
-    }
-
-    fn count(&self, fate: Fate) -> u64 {
-        self.0.get(&fate).map_or(0, |ids| ids.len() as u64)
-    }
-
-    /// The report agrees with the ledger on every term, and the law holds.
-    fn assert_matches(&self, report: &Report) {
-        let terms = |r: &Report| {
-            (
-                r.processed,
-                r.failed,
-                r.panicked,
-                r.handed_back,
-                r.lost_in_flight,
-            )
-        };
-        let expected = (
-            self.count(Fate::Processed),
-            self.count(Fate::Failed) + self.count(Fate::DeadLettered),
-            self.count(Fate::Panicked),
-            self.count(Fate::HandedBack),
-            self.count(Fate::Lost),
-        );
-        assert_eq!(terms(report), expected, "{report}");
-        let all: u64 = self.0.values().map(|ids| ids.len() as u64).sum();
-        assert_eq!((report.produced, report.dropped), (all, 0), "{report}");
-        assert!(report.is_conserved(), "{report}");
-    }
-}
-
-/// An item: not `Clone`, so whatever a hook or `take_leftovers` gives back is the very
-/// item pushed; counted live until dropped, and its drop recorded by id.
-#[derive(Debug)]
-struct Item {
-    id: u32,
-    _live: Tracked,
-    ledger: Ledger,
-}
-
-impl Drop for Item {
-    fn drop(&mut self) {
-        lock(&self.ledger.0).dropped.push(self.id);
-    }
-}
-
-/// What each test shares with its work and hooks.
-#[derive(Debug, Clone, Default)]
-struct Kit {
-    items: Live,
-    ledger: Ledger,
-}
-
-impl Kit {
-    fn item(&self, id: u32) -> Item {
-        Item {
-            id,
-            _live: self.items.track(),
-            ledger: self.ledger.clone(),
-        }
-    }
-
-    fn processed(&self, item: Item) {
-        self.ledger.record(item.id, Fate::Processed);
-    }
-
-    /// Once the leftovers are dropped: every item was dropped exactly once, none leaked.
-    fn assert_all_dropped_once(&self, ids: Range<u32>) {
-        assert_eq!(self.items.count(), 0, "items leaked");
-        assert_eq!(self.ledger.dropped(), ids.collect::<Vec<_>>());
-    }
-}
-
 /// A work error that names its item and attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Bad {
     id: u32,
     attempt: u32,
-}
-
-fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Adds one to `key`'s count; returns the new count.
-fn bump<K: std::hash::Hash + Eq>(counts: &Mutex<HashMap<K, u32>>, key: K) -> u32 {
-    let mut counts = lock(counts);
-    let count = counts.entry(key).or_insert(0);
-    *count += 1;
-    *count
-}
-
-/// Takes the leftovers, records them as handed back, and returns their ids in order.
-fn hand_back(pipeline: &Pipeline<Item>, ledger: &Ledger) -> (Vec<Item>, Vec<u32>) {
-    let leftovers = pipeline.take_leftovers();
-    let ids: Vec<u32> = leftovers.iter().map(|item| item.id).collect();
-    for &id in &ids {
-        ledger.record(id, Fate::HandedBack);
-    }
-    assert!(pipeline.take_leftovers().is_empty(), "handed back once");
-    (leftovers, ids)
 }
 
 // 1. Fallible work: `Result<(), E>`.
