@@ -1125,22 +1125,35 @@ const S5_CAPACITY: usize = 1024;
 const S5_WORKERS: usize = 4;
 
 fn s5_pipeline() -> f64 {
-    let start = Instant::now();
-    let report = run(async {
-        let pipeline = Pipeline::builder(S5_CAPACITY, Policy::Block)
-            .workers(S5_WORKERS)
-            .deadline(Duration::from_secs(60))
+    s5_run(|| {
+        s5_builder()
             .spawn(ExecutorSpawner::new(ex().clone()), |item: u64| async move {
                 work();
                 black_box(item);
             })
-            .expect("valid pipeline");
+            .expect("valid pipeline")
+    })
+}
+
+/// S5's pipeline settings, shared by its one-item and batched rows.
+fn s5_builder<T: Send + 'static>() -> backpressure_pipeline::PipelineBuilder<T> {
+    Pipeline::builder(S5_CAPACITY, Policy::Block)
+        .workers(S5_WORKERS)
+        .deadline(Duration::from_secs(60))
+}
+
+/// Pushes S5's items through the pipeline `start` makes (on the executor), shuts it down,
+/// and returns the items per second.
+fn s5_run(start: impl FnOnce() -> Pipeline<u64> + Send + 'static) -> f64 {
+    let begun = Instant::now();
+    let report = run(async move {
+        let pipeline = start();
         for i in 0..S5_ITEMS {
             assert!(pipeline.push(i).await.is_accepted());
         }
         pipeline.shutdown().await
     });
-    let elapsed = start.elapsed();
+    let elapsed = begun.elapsed();
     assert!(report.is_conserved() && report.all_joined());
     assert_eq!(report.processed, S5_ITEMS);
     S5_ITEMS as f64 / elapsed.as_secs_f64()
@@ -1199,11 +1212,8 @@ const S5L_PACE: Duration = Duration::from_micros(10);
 
 /// S5's run with workers that take batches of up to `max_items` (the same ~1 µs per item).
 fn s5_batched(max_items: usize) -> f64 {
-    let start = Instant::now();
-    let report = run(async move {
-        let pipeline = Pipeline::builder(S5_CAPACITY, Policy::Block)
-            .workers(S5_WORKERS)
-            .deadline(Duration::from_secs(60))
+    s5_run(move || {
+        s5_builder()
             .spawn_batched(
                 ExecutorSpawner::new(ex().clone()),
                 Batch::new(max_items, S5B_WAIT),
@@ -1214,16 +1224,8 @@ fn s5_batched(max_items: usize) -> f64 {
                     }
                 },
             )
-            .expect("valid pipeline");
-        for i in 0..S5_ITEMS {
-            assert!(pipeline.push(i).await.is_accepted());
-        }
-        pipeline.shutdown().await
-    });
-    let elapsed = start.elapsed();
-    assert!(report.is_conserved() && report.all_joined());
-    assert_eq!(report.processed, S5_ITEMS);
-    S5_ITEMS as f64 / elapsed.as_secs_f64()
+            .expect("valid pipeline")
+    })
 }
 
 /// The `quantile` of the time from an item's push to the start of its batch's work, in µs,
@@ -1235,9 +1237,7 @@ fn s5_latency(max_items: usize, quantile: f64) -> f64 {
     let report = run({
         let latencies = latencies.clone();
         async move {
-            let pipeline = Pipeline::builder(S5_CAPACITY, Policy::Block)
-                .workers(S5_WORKERS)
-                .deadline(Duration::from_secs(60))
+            let pipeline = s5_builder()
                 .spawn_batched(
                     ExecutorSpawner::new(ex().clone()),
                     Batch::new(max_items, S5B_WAIT),

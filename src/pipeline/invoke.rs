@@ -8,7 +8,6 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -270,7 +269,10 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
             match started {
                 #[cfg(feature = "tracing")]
                 Some(Err(err)) => {
-                    tracing::warn!(worker = index, error = ?err, "a worker's state could not be built");
+                    // The error's `Debug` is user code too: caught like the rest.
+                    catch_quietly_sync(|| {
+                        tracing::warn!(worker = index, error = ?err, "a worker's state could not be built");
+                    });
                     drop_quietly(err);
                 }
                 #[cfg(not(feature = "tracing"))]
@@ -483,13 +485,4 @@ fn catch_quietly_sync(hook: impl FnOnce()) {
     if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(hook)) {
         drop_quietly(payload);
     }
-}
-
-/// The worker's whole life, for its task.
-pub(super) async fn run_worker<T: Send + 'static, S: Source<T>, J: Job<S::Unit>>(
-    shared: Arc<Shared<T>>,
-    invoker: Arc<Invoker<T, S, J>>,
-    index: usize,
-) -> Exit {
-    invoker.run(&shared, index).await
 }

@@ -2,11 +2,11 @@
 //! the cloneable [`Producer`] handle.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use super::ledger::{Fates, Ledger};
 use super::stop::Parent;
-use super::worker::{drop_each, drop_quietly};
+use super::worker::{drop_each, drop_quietly, lock};
 use super::StopCause;
 use crate::cancel::CancellationToken;
 use crate::policy::PushOutcome;
@@ -130,7 +130,8 @@ impl<T> Shared<T> {
         }
     }
 
-    /// Counts a worker that gave up starting; true if it was the last one that could.
+    /// Counts a worker that gave up starting; true if it was the last one that could (there
+    /// is one parking slot per worker).
     pub(super) fn not_started(&self) -> bool {
         // AcqRel: the last worker to give up sees every other's count.
         self.not_started.fetch_add(1, Ordering::AcqRel) + 1 == self.parked.len()
@@ -206,11 +207,6 @@ impl<T> Shared<T> {
         let fates = self.fates();
         fates.queue.len > 0 || fates.unsettled() > 0
     }
-}
-
-fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
-    // Held for a few instructions, with no user code; a poisoned one is still valid.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A cloneable handle for producers: push into a [`Pipeline`](crate::Pipeline) from many

@@ -4,13 +4,13 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
 
 use futures_util::future;
 
 use super::producer::Shared;
-use super::worker::drop_quietly;
+use super::worker::{drop_quietly, lock};
 use crate::cancel::CancellationToken;
 use crate::spawner::BoxFuture;
 
@@ -106,19 +106,12 @@ impl Parent {
     /// has stopped the pipeline (its `Drop` is user code: not under the lock). Pending for
     /// good without a parent future.
     fn poll_fired(&self, cx: &mut Context<'_>) -> Poll<Spent> {
-        poll_slot(
-            &mut self.signal.lock().unwrap_or_else(PoisonError::into_inner),
-            cx,
-        )
+        poll_slot(&mut lock(&self.signal), cx)
     }
 
     /// Drops the future (after the pipeline stopped), outside the lock.
     fn clear(&self) {
-        let signal = self
-            .signal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let signal = lock(&self.signal).take();
         drop_quietly(signal);
     }
 

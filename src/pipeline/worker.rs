@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use futures_channel::oneshot;
 use futures_util::future::{self, AbortHandle, Abortable, Aborted, FutureExt};
 
-use super::invoke::{run_worker, Invoker, Job};
+use super::invoke::{Invoker, Job};
 use super::producer::Shared;
 use super::source::Source;
 use crate::spawner::{BoxFuture, SpawnError, Spawner};
@@ -121,8 +121,9 @@ impl Workers {
     }
 }
 
-fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
-    // Held for a few instructions, with no user code; a poisoned one is still valid.
+/// Locks a mutex held for a few instructions with no user code (the pipeline's small
+/// locks); a poisoned one is still valid.
+pub(super) fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -177,7 +178,10 @@ where
 {
     let (abort, registration) = AbortHandle::new_pair();
     let (sender, exit) = oneshot::channel();
-    let worker = Abortable::new(run_worker(shared, invoker, index), registration);
+    let worker = Abortable::new(
+        async move { invoker.run(&shared, index).await },
+        registration,
+    );
     let task = async move {
         let mut worker = Box::pin(AssertUnwindSafe(worker).catch_unwind());
         let outcome = match worker.as_mut().await {
