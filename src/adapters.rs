@@ -114,10 +114,7 @@ impl<T> Stream for PopStream<T> {
         if this.done {
             return Poll::Ready(None);
         }
-        let item = std::task::ready!(this
-            .queue
-            .poll_take(cx, &mut this.ticket, 1, |buf, _| { buf.pop_front() }))
-        .flatten();
+        let item = std::task::ready!(this.queue.poll_pop(cx, &mut this.ticket));
         this.done = item.is_none();
         Poll::Ready(item)
     }

@@ -98,8 +98,10 @@
 
 mod adapters;
 mod cancel;
+mod delay;
 mod pipeline;
 mod policy;
+mod pressure;
 mod queue;
 mod retry;
 #[cfg(feature = "tracing")]
@@ -111,12 +113,14 @@ mod watchdog;
 mod work;
 
 pub use adapters::{PopStream, PushSink, SendError};
+pub use delay::{Codel, DelayHistogram, Expired};
 pub use cancel::{CancellationToken, DropGuard, WaitForCancellation, WaitForCancellationOwned};
 pub use pipeline::{
     Batch, BuildError, ErrorHooks, NoErrorHooks, OnPanic, Pipeline, PipelineBuilder, Producer,
     Report, StopCause, StopSignal,
 };
 pub use policy::{ConfigError, Policy, PushOutcome};
+pub use pressure::{Pressure, PressureLevel};
 pub use queue::{Pop, PopMany, Push, Queue};
 pub use retry::Retry;
 pub use spawner::{BoxFuture, SpawnError, Spawner};

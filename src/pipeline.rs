@@ -43,6 +43,7 @@ pub use source::Batch;
 pub use stop::StopSignal;
 
 use crate::policy::{Policy, PushOutcome};
+use crate::pressure::Pressure;
 use crate::stats::Stats;
 use crate::watchdog;
 use ledger::Fates;
@@ -349,6 +350,31 @@ impl<T: Send + 'static> Pipeline<T> {
         self.shared.queue.capacity()
     }
 
+    /// A watcher of the queue's pressure level, if
+    /// [`watermarks`](PipelineBuilder::watermarks) were configured: `None` otherwise. See
+    /// [`Pressure`] for the signal and an example.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let plain = Pipeline::builder(4, Policy::Block).spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// assert!(plain.pressure().is_none());
+    /// let watched = Pipeline::builder(4, Policy::Block)
+    ///     .watermarks(3, 1)
+    ///     .spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// let mut pressure = watched.pressure().unwrap();
+    /// watched.shutdown().await;
+    /// assert_eq!(pressure.changed().await, None); // closed: no crossing comes after
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn pressure(&self) -> Option<Pressure> {
+        self.shared.pressure.clone().map(Pressure::new)
+    }
+
     /// Whether intake has stopped: shutdown began, the parent fired (a token cancelled, a
     /// future completed), a panic stopped the pipeline ([`OnPanic::StopPipeline`]), or no
     /// worker could start ([`StopCause::NoWorkers`]); each closes the queue at once.
@@ -570,6 +596,7 @@ impl<T: Send + 'static> Pipeline<T> {
             processed: stats.processed,
             failed: stats.failed,
             dropped: stats.dropped,
+            expired: stats.expired,
             abandoned: handed_back + lost_in_flight,
             handed_back,
             lost_in_flight,

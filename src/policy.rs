@@ -192,6 +192,14 @@ pub enum ConfigError {
     /// [`dead_letter`](crate::PipelineBuilder::dead_letter) is for one item at a time,
     /// [`dead_letter_batch`](crate::PipelineBuilder::dead_letter_batch) for batches.
     DeadLetterMode,
+    /// A zero [`max_age`](crate::PipelineBuilder::max_age): every item would expire.
+    ZeroMaxAge,
+    /// [`Codel`](crate::Codel) settings out of range: a zero target, or a target not below
+    /// the interval.
+    Codel,
+    /// Watermarks out of range: the low mark must be below the high mark, and the high mark
+    /// between 1 and the capacity.
+    Watermarks,
 }
 
 impl fmt::Display for ConfigError {
@@ -206,6 +214,11 @@ impl fmt::Display for ConfigError {
             ConfigError::DeadLetterMode => {
                 "the dead-letter hook does not fit the worker mode: `dead_letter` takes one \
                  item, `dead_letter_batch` a batch"
+            }
+            ConfigError::ZeroMaxAge => "the maximum age must be above zero",
+            ConfigError::Codel => "CoDel needs a non-zero target below its interval",
+            ConfigError::Watermarks => {
+                "watermarks need low < high <= capacity"
             }
         })
     }

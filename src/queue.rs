@@ -52,18 +52,25 @@
 
 mod blocking;
 mod futures;
+mod timed;
 mod waiters;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 pub use self::futures::{Pop, PopMany, Push};
+pub(crate) use self::futures::TakeTimed;
+pub(crate) use self::timed::{PressureCell, Taken, Timing};
+use self::timed::{Marks, Timed};
 pub(crate) use self::waiters::Ticket;
 use self::waiters::{Left, NeedsWaker, WaitList};
 
+use crate::delay::DelayHistogram;
 use crate::policy::{ConfigError, Policy, PushOutcome};
+use crate::spawner::Spawner;
 use crate::stats::{Meter, QueueStats};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
@@ -107,6 +114,9 @@ pub struct Queue<T> {
     state: CacheLine<AtomicU64>,
     capacity: usize,
     policy: Policy,
+    /// The clock items are stamped with, only when a time-based feature is configured
+    /// (`timed.rs`); `None` reads no clock.
+    clock: Option<Arc<dyn Spawner>>,
 }
 
 /// Written under the buffer lock, read without it.
@@ -132,6 +142,30 @@ struct Inner<T> {
     /// Items taken out by poppers (not by `take_all`).
     popped: u64,
     meter: Meter,
+    /// Stamps, maximum age, CoDel and delays, when configured (`timed.rs`).
+    timed: Option<Box<Timed>>,
+    /// The pressure watermarks, when configured.
+    marks: Option<Marks>,
+}
+
+impl<T> Inner<T> {
+    /// The oldest `n` items (1 ≤ n ≤ len), served in order, with their stamps.
+    fn take_front(&mut self, n: usize) -> std::collections::vec_deque::Drain<'_, T> {
+        self.popped += n as u64;
+        if let Some(timed) = &mut self.timed {
+            timed.stamps.drain(..n);
+        }
+        self.buf.drain(..n)
+    }
+
+    /// Up to `limit` items served, and those shed at the exit, at `now` (`timed.rs`).
+    fn take_timed(&mut self, limit: usize, now: Instant) -> Taken<T> {
+        let Inner { buf, timed, .. } = self;
+        let timed = timed.as_mut().expect("a timed take from a timed queue");
+        let (taken, served) = timed.take(buf, limit, now);
+        self.popped += served;
+        taken
+    }
 }
 
 /// Wakers gathered under the buffer lock, woken or dropped once it is released: no user
@@ -145,6 +179,8 @@ pub(crate) struct WakeAfterUnlock {
     /// at most per critical section but for the rarest paths, so no allocation).
     drop: Option<Waker>,
     drop_more: Vec<Waker>,
+    /// A pressure mark was crossed: notify its watchers.
+    pressure: Option<Arc<PressureCell>>,
 }
 
 /// How a wait under the lock ended.
@@ -201,6 +237,9 @@ impl WakeAfterUnlock {
         }
         drop(self.drop);
         drop(self.drop_more);
+        if let Some(cell) = self.pressure {
+            cell.event.notify(usize::MAX);
+        }
     }
 }
 
@@ -245,6 +284,8 @@ impl<T> Queue<T> {
                 evicted: 0,
                 popped: 0,
                 meter: Meter::new(),
+                timed: None,
+                marks: None,
             }),
             copies: CacheLine(Copies {
                 len: AtomicUsize::new(0),
@@ -253,7 +294,51 @@ impl<T> Queue<T> {
             state: CacheLine(AtomicU64::new(0)),
             capacity,
             policy,
+            clock: None,
         })
+    }
+
+    /// Stamps items on `clock` and sheds at the exit as `timing` says (before the queue is
+    /// shared).
+    pub(crate) fn set_timing(&mut self, clock: Arc<dyn Spawner>, timing: Timing) {
+        self.clock = Some(clock);
+        self.lock().timed = Some(Box::new(Timed::new(timing)));
+    }
+
+    /// Watches the length against a high and a low mark (before the queue is shared).
+    pub(crate) fn set_marks(&mut self, high: usize, low: usize) -> Arc<PressureCell> {
+        let marks = Marks::new(high, low);
+        let cell = marks.cell.clone();
+        self.lock().marks = Some(marks);
+        cell
+    }
+
+    /// Whether items are stamped.
+    pub(crate) fn is_timed(&self) -> bool {
+        self.clock.is_some()
+    }
+
+    /// The time on the queue's clock, if it has one: read before the lock (the clock is
+    /// user code).
+    fn stamp(&self) -> Option<Instant> {
+        self.clock.as_ref().map(|clock| clock.now())
+    }
+
+    /// The age of the oldest item, the delays of the items served, and whether CoDel is
+    /// dropping: `(None, None, false)` unless items are stamped.
+    pub(crate) fn delays(&self) -> (Option<Duration>, Option<DelayHistogram>, bool) {
+        let Some(now) = self.stamp() else {
+            return (None, None, false);
+        };
+        let inner = self.lock();
+        match &inner.timed {
+            Some(timed) => (
+                Some(timed.oldest_age(now).unwrap_or_default()),
+                Some(timed.delays),
+                timed.overloaded(),
+            ),
+            None => (None, None, false),
+        }
     }
 
     /// Pushes an item, waiting for room only under [`Policy::Block`].
@@ -322,8 +407,9 @@ impl<T> Queue<T> {
             Ok(item) => item,
             Err(outcome) => return outcome,
         };
+        let now = self.stamp();
         let mut wake = WakeAfterUnlock::default();
-        let outcome = self.push_locked(&mut self.lock(), item, &mut wake);
+        let outcome = self.push_locked(&mut self.lock(), item, now, &mut wake);
         wake.wake();
         outcome
     }
@@ -465,6 +551,7 @@ impl<T> Queue<T> {
         &self,
         inner: &mut Inner<T>,
         item: T,
+        now: Option<Instant>,
         wake: &mut WakeAfterUnlock,
     ) -> PushOutcome<T> {
         if self.is_closed() {
@@ -472,7 +559,7 @@ impl<T> Queue<T> {
         }
         // Slots promised to waiting producers are not free (invariant 3).
         if inner.buf.len() + inner.reserved < self.capacity {
-            self.enqueue(inner, item, wake);
+            self.enqueue(inner, item, now, wake);
             return PushOutcome::Accepted;
         }
         match self.policy {
@@ -489,12 +576,16 @@ impl<T> Queue<T> {
                 match inner.buf.pop_front() {
                     Some(oldest) => {
                         inner.buf.push_back(item);
+                        if let (Some(timed), Some(now)) = (&mut inner.timed, now) {
+                            timed.stamps.pop_front();
+                            timed.stamps.push_back(now);
+                        }
                         inner.accepted += 1;
                         inner.evicted += 1;
                         PushOutcome::Evicted(oldest)
                     }
                     None => {
-                        self.enqueue(inner, item, wake);
+                        self.enqueue(inner, item, now, wake);
                         PushOutcome::Accepted
                     }
                 }
@@ -504,21 +595,35 @@ impl<T> Queue<T> {
     }
 
     /// Adds `item` to a buffer with room and takes one popper out of line (invariant 2).
-    fn enqueue(&self, inner: &mut Inner<T>, item: T, wake: &mut WakeAfterUnlock) {
+    fn enqueue(
+        &self,
+        inner: &mut Inner<T>,
+        item: T,
+        now: Option<Instant>,
+        wake: &mut WakeAfterUnlock,
+    ) {
         inner.buf.push_back(item);
+        if let (Some(timed), Some(now)) = (&mut inner.timed, now) {
+            timed.stamps.push_back(now);
+        }
         inner.accepted += 1;
-        self.after_change(inner);
+        self.after_change(inner, wake);
         if inner.poppers.has_waiting() {
             wake.add(inner.poppers.notify_one());
         }
     }
 
     /// Under the lock, after the buffer's length changed: the lock-free copy and the gauges.
-    fn after_change(&self, inner: &mut Inner<T>) {
+    fn after_change(&self, inner: &mut Inner<T>, wake: &mut WakeAfterUnlock) {
         let len = inner.buf.len();
         // Relaxed: a copy for lock-free readers (invariant 6); the lock orders the buffer.
         self.copies.0.len.store(len, Ordering::Relaxed);
         inner.meter.update(len, self.capacity);
+        if let Some(marks) = &mut inner.marks {
+            if marks.update(len) {
+                wake.pressure = Some(marks.cell.clone());
+            }
+        }
     }
 
     /// Under the lock: room for the caller (a slot reserved for it, counted in `reserved`),
@@ -553,13 +658,14 @@ impl<T> Queue<T> {
         &self,
         inner: &mut Inner<T>,
         item: T,
+        now: Option<Instant>,
         wake: &mut WakeAfterUnlock,
     ) -> PushOutcome<T> {
         inner.reserved = inner.reserved.saturating_sub(1);
         if self.is_closed() {
             return PushOutcome::Closed(item);
         }
-        self.enqueue(inner, item, wake);
+        self.enqueue(inner, item, now, wake);
         PushOutcome::Accepted
     }
 
@@ -575,10 +681,11 @@ impl<T> Queue<T> {
         item: &mut Option<T>,
     ) -> Poll<PushOutcome<T>> {
         assert!(item.is_some(), "a push polled after it completed");
+        let now = self.stamp();
         self.poll_room(cx, ticket, |inner, room, after| {
             let item = item.take().expect("checked on entry");
             match room {
-                Ok(()) => self.push_reserved_locked(inner, item, after),
+                Ok(()) => self.push_reserved_locked(inner, item, now, after),
                 Err(()) => PushOutcome::Closed(item),
             }
         })
@@ -625,8 +732,9 @@ impl<T> Queue<T> {
 
     /// Pushes into a slot reserved by [`poll_reserve`](Queue::poll_reserve).
     pub(crate) fn push_reserved(&self, item: T) -> PushOutcome<T> {
+        let now = self.stamp();
         let mut wake = WakeAfterUnlock::default();
-        let outcome = self.push_reserved_locked(&mut self.lock(), item, &mut wake);
+        let outcome = self.push_reserved_locked(&mut self.lock(), item, now, &mut wake);
         wake.wake();
         outcome
     }
@@ -732,14 +840,15 @@ impl<T> Queue<T> {
         PopMany::new(self, limit)
     }
 
-    /// Takes up to `limit` (at least 1) items, or joins the poppers' line. `Ready(None)`
-    /// when the queue is closed and empty.
-    pub(crate) fn poll_take<R>(
+    /// Takes out what `take` takes from a non-empty buffer (given `limit` clamped to
+    /// 1..=len; it counts what it serves in `popped` and what it sheds in `expired`), or
+    /// joins the poppers' line. `Ready(None)` when the queue is closed and empty.
+    fn poll_take<R>(
         &self,
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
         limit: usize,
-        take: impl FnOnce(&mut VecDeque<T>, usize) -> R,
+        take: impl FnOnce(&mut Inner<T>, usize) -> R,
     ) -> Poll<Option<R>> {
         // Likely to wait: clone the waker now, with no lock held, not in a second turn.
         let mut spare = self.is_empty().then(|| cx.waker().clone());
@@ -754,6 +863,9 @@ impl<T> Queue<T> {
                     drop(inner);
                     after.wake();
                     return Poll::Ready(None);
+                }
+                if let Some(timed) = &mut inner.timed {
+                    timed.on_empty();
                 }
                 // A notified popper that finds nothing (another took the item) waits again.
                 if inner.poppers.is_notified(*ticket) {
@@ -774,14 +886,14 @@ impl<T> Queue<T> {
             }
             after.leave(inner.poppers.leave(ticket));
             // Bounded by the data: at most what the buffer holds.
-            let n = limit.clamp(1, inner.buf.len());
-            let taken = take(&mut inner.buf, n);
-            inner.popped += n as u64;
+            let before = inner.buf.len();
+            let taken = take(&mut inner, limit.clamp(1, before));
+            let removed = before - inner.buf.len();
             // Relaxed: a progress hint for overloaded producers; the lock orders the buffer.
             self.copies.0.pops.store(inner.popped, Ordering::Relaxed);
-            self.after_change(&mut inner);
-            // One freed slot, one waiting producer (invariant 3); bounded by `n`.
-            for _ in 0..n {
+            self.after_change(&mut inner, &mut after);
+            // One freed slot, one waiting producer (invariant 3); bounded by `removed`.
+            for _ in 0..removed {
                 match self.grant_room(&mut inner) {
                     Some(waker) => after.add(Some(waker)),
                     None => break,
@@ -791,6 +903,16 @@ impl<T> Queue<T> {
             after.wake();
             return Poll::Ready(Some(taken));
         }
+    }
+
+    /// Takes the oldest item, or joins the poppers' line: [`Pop`]'s poll, and the stream's.
+    pub(crate) fn poll_pop(
+        &self,
+        cx: &mut Context<'_>,
+        ticket: &mut Option<Ticket>,
+    ) -> Poll<Option<T>> {
+        self.poll_take(cx, ticket, 1, |inner, n| inner.take_front(n).next())
+            .map(Option::flatten)
     }
 
     /// A popper's ticket given back by a pop that is dropped: a wake-up it received and did
@@ -834,9 +956,14 @@ impl<T> Queue<T> {
         let mut inner = self.lock();
         let mut wakers = inner.poppers.notify_all();
         wakers.extend(inner.producers.notify_all());
+        // The marks stop with intake, under the lock: no crossing follows the flag.
+        let pressure = inner.marks.as_mut().map(Marks::close);
         drop(inner);
         for waker in wakers {
             waker.wake();
+        }
+        if let Some(cell) = pressure {
+            cell.event.notify(usize::MAX);
         }
         true
     }
@@ -943,6 +1070,7 @@ impl<T> Queue<T> {
             // Acquire: sheds counted without the lock before this instant (invariant 5).
             shed: self.state.0.load(Ordering::Acquire) & !CLOSED,
             evicted: inner.evicted,
+            expired: inner.timed.as_ref().map_or(0, |timed| timed.expired),
             popped: inner.popped,
             len: inner.buf.len(),
             peak_len: inner.meter.peak(),
@@ -955,10 +1083,15 @@ impl<T> Queue<T> {
     /// items, after committing its counts: an item's `Drop` is user code.
     pub(crate) fn take_all(&self) -> (VecDeque<T>, QueueStats) {
         debug_assert!(self.is_closed());
+        let mut wake = WakeAfterUnlock::default();
         let mut inner = self.lock();
         let left = std::mem::take(&mut inner.buf);
-        self.after_change(&mut inner);
+        if let Some(timed) = &mut inner.timed {
+            timed.stamps.clear();
+        }
+        self.after_change(&mut inner, &mut wake);
         drop(inner);
+        wake.wake();
         (left, self.stats())
     }
 

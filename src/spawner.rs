@@ -8,7 +8,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[cfg(feature = "async-std")]
 mod async_std;
@@ -94,6 +94,18 @@ pub trait Spawner: fmt::Debug + Send + Sync + 'static {
     /// A future that completes after `duration`. A duration too large to represent as an
     /// instant sleeps forever.
     fn sleep(&self, duration: Duration) -> BoxFuture;
+
+    /// The current time on this spawner's clock: the one [`sleep`](Spawner::sleep) counts
+    /// on. The pipeline reads it to stamp items and to measure their queue delay (only when a
+    /// time-based feature is configured, such as
+    /// [`max_age`](crate::PipelineBuilder::max_age)); it must never go backwards.
+    ///
+    /// The default is [`Instant::now`]. A test spawner whose `sleep` follows a manual clock
+    /// overrides it to return that clock's time, so time-based behaviour is tested without
+    /// real waits.
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
 }
 
 /// A runtime refused to spawn a task.
@@ -142,5 +154,9 @@ impl<S: Spawner + ?Sized> Spawner for std::sync::Arc<S> {
 
     fn sleep(&self, duration: Duration) -> BoxFuture {
         (**self).sleep(duration)
+    }
+
+    fn now(&self) -> Instant {
+        (**self).now()
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::delay::DelayHistogram;
+
 /// A snapshot of a [`Queue`](crate::Queue)'s counters, from [`Queue::stats`](crate::Queue::stats).
 ///
 /// Taken under the queue's lock: the fields agree with each other at one instant, and no
@@ -30,7 +32,11 @@ pub struct QueueStats {
     pub shed: u64,
     /// Buffered items evicted to make room (`DropOldest`).
     pub evicted: u64,
-    /// Items taken out by `pop`, `pop_many` or the stream.
+    /// Items shed at the exit for their queue delay (a pipeline's
+    /// [`max_age`](crate::PipelineBuilder::max_age) or [`codel`](crate::PipelineBuilder::codel));
+    /// 0 for a queue of your own.
+    pub expired: u64,
+    /// Items taken out by `pop`, `pop_many` or the stream (or served to a pipeline's workers).
     pub popped: u64,
     /// Items in the queue now.
     pub len: usize,
@@ -76,6 +82,9 @@ pub struct Stats {
     pub failed: u64,
     /// Items discarded by the policy (shed or evicted).
     pub dropped: u64,
+    /// Items shed at the queue's exit for their queue delay
+    /// ([`max_age`](crate::PipelineBuilder::max_age), [`codel`](crate::PipelineBuilder::codel)).
+    pub expired: u64,
     /// Items whose work panicked.
     pub panicked: u64,
     /// Failed attempts followed by a wait for another one (an item retried twice counts 2).
@@ -88,6 +97,17 @@ pub struct Stats {
     pub peak_depth: usize,
     /// How long the queue has been full, in total.
     pub time_full: Duration,
+    /// How long the oldest item in the queue has waited (zero when it is empty), on the
+    /// spawner's clock. `None` unless items are stamped: a pipeline built with
+    /// [`max_age`](crate::PipelineBuilder::max_age), [`codel`](crate::PipelineBuilder::codel)
+    /// or [`measure_queue_delay`](crate::PipelineBuilder::measure_queue_delay).
+    pub oldest_age: Option<Duration>,
+    /// The queue delays of the items served to the workers so far (when items are stamped,
+    /// as `oldest_age`).
+    pub queue_delay: Option<DelayHistogram>,
+    /// Whether [`codel`](crate::PipelineBuilder::codel) is in its dropping state now: the
+    /// queue delay has stayed above target for an interval. Always `false` without CoDel.
+    pub overloaded: bool,
 }
 
 /// The queue's gauges, kept under the buffer lock: peak length and time spent full.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::invoke::{ErrorHooks, Invoker, Job, NoErrorHooks, Stateful, Stateless};
-use super::producer::{Shared, ShedHook};
+use super::producer::{ExpiredHook, Shared, ShedHook};
 use super::report::BuildError;
 use super::source::{Batch, One, Source};
 use super::stop::{watch_parent, Parent, StopSignal};
@@ -15,7 +15,8 @@ use super::worker::{spawn_worker, Workers};
 use super::{OnPanic, Pipeline, State, StopCause};
 use crate::cancel::CancellationToken;
 use crate::policy::{ConfigError, Policy};
-use crate::queue::Queue;
+use crate::delay::{Codel, Expired};
+use crate::queue::{Queue, Timing};
 use crate::retry::Retry;
 use crate::spawner::{BoxFuture, Spawner};
 use crate::work::{WorkFuture, WorkOutput};
@@ -67,6 +68,10 @@ pub struct PipelineBuilder<T, H = NoErrorHooks> {
     parent: Option<Result<CancellationToken, Mutex<BoxFuture>>>,
     worker_token: CancellationToken,
     on_shed: Option<ShedHook<T>>,
+    on_expired: Option<ExpiredHook<T>>,
+    timing: Timing,
+    measure_delay: bool,
+    watermarks: Option<(usize, usize)>,
     on_panic: OnPanic,
     retry: Retry,
     start_retry: Retry,
@@ -241,6 +246,173 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// ```
     pub fn on_shed(mut self, hook: impl Fn(&T) + Send + Sync + 'static) -> Self {
         self.on_shed = Some(Box::new(hook));
+        self
+    }
+
+    /// Sheds, at the queue's exit, every item that has waited longer than `max_age` (a TTL):
+    /// when a worker would take it, it is handed to [`on_expired`](Self::on_expired) with
+    /// [`Expired::MaxAge`] instead, and counted in [`Report::expired`](crate::Report::expired).
+    ///
+    /// The age is the item's queue delay on the spawner's clock ([`Spawner::now`]), from the
+    /// moment the queue took it; an item whose age is exactly `max_age` is still served.
+    /// Items are stamped only when this (or [`codel`](Self::codel), or
+    /// [`measure_queue_delay`](Self::measure_queue_delay)) is set; the queue reads no clock
+    /// otherwise. Combined with CoDel, the maximum age is checked first. Items in a batch
+    /// being filled, waiting for a retry, or handed back at shutdown are not checked again.
+    ///
+    /// # Errors
+    ///
+    /// A zero `max_age` fails the build with [`ConfigError::ZeroMaxAge`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// // A request that waited more than 200 ms gets a "try again" instead of a late answer.
+    /// let pipeline = Pipeline::builder(1024, Policy::DropNewest)
+    ///     .max_age(Duration::from_millis(200))
+    ///     .on_expired(|request: u64, why| eprintln!("request {request}: {why}"))
+    ///     .spawn(SmolSpawner::new(), |_request: u64| async {})?;
+    /// let report = pipeline.shutdown().await;
+    /// assert!(report.is_conserved());
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// [`Spawner::now`]: crate::Spawner::now
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.timing.max_age = Some(max_age);
+        self
+    }
+
+    /// Sheds at the queue's exit by CoDel's control law (see [`Codel`] for the algorithm,
+    /// its sources, and adaptive LIFO): while the queue delay stays above target, the oldest
+    /// items are handed to [`on_expired`](Self::on_expired) with [`Expired::Codel`], faster
+    /// and faster until the delay falls. Counted in [`Report::expired`](crate::Report::expired);
+    /// [`Stats::overloaded`](crate::Stats::overloaded) tells whether CoDel is dropping now.
+    ///
+    /// CoDel acts when a worker takes work, on the spawner's clock, and never at the door:
+    /// the policy still decides what happens when the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// A zero target, or one not below the interval, fails the build with
+    /// [`ConfigError::Codel`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Codel, Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(4096, Policy::DropNewest)
+    ///     .codel(Codel::new(Duration::from_millis(5), Duration::from_millis(100)).lifo(true))
+    ///     .spawn(SmolSpawner::new(), |_request: u64| async {})?;
+    /// assert!(!pipeline.stats().overloaded);
+    /// # pipeline.shutdown().await;
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn codel(mut self, codel: Codel) -> Self {
+        self.timing.codel = Some(codel);
+        self
+    }
+
+    /// Stamps every item, to measure queue delays ([`Stats::oldest_age`] and
+    /// [`Stats::queue_delay`]) without shedding by them. Implied by
+    /// [`max_age`](Self::max_age) and [`codel`](Self::codel). Costs a read of the spawner's
+    /// clock per push and per take.
+    ///
+    /// [`Stats::oldest_age`]: crate::Stats::oldest_age
+    /// [`Stats::queue_delay`]: crate::Stats::queue_delay
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(8, Policy::Block)
+    ///     .measure_queue_delay()
+    ///     .spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// assert!(pipeline.stats().queue_delay.is_some());
+    /// # pipeline.shutdown().await;
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn measure_queue_delay(mut self) -> Self {
+        self.measure_delay = true;
+        self
+    }
+
+    /// Whether items are stamped.
+    fn is_timed(&self) -> bool {
+        self.measure_delay || self.timing.max_age.is_some() || self.timing.codel.is_some()
+    }
+
+    /// Sets the hook handed each item shed at the queue's exit (by
+    /// [`max_age`](Self::max_age) or [`codel`](Self::codel)), by value, with why: to answer
+    /// a request with "too late", or to record it. Without a hook such items are dropped
+    /// (and still counted in [`Report::expired`](crate::Report::expired)).
+    ///
+    /// It runs in the worker's task that took the items, with no lock held, before that
+    /// worker goes on. A panic in it is caught (the worker goes on; the item is counted
+    /// expired either way).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{Expired, Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let (late, too_late) = async_channel::unbounded();
+    /// let pipeline = Pipeline::builder(64, Policy::DropNewest)
+    ///     .max_age(Duration::from_millis(50))
+    ///     .on_expired(move |id: u32, why: Expired| {
+    ///         let _ = late.try_send((id, why.age()));
+    ///     })
+    ///     .spawn(SmolSpawner::new(), |_id: u32| async {})?;
+    /// let report = pipeline.shutdown().await;
+    /// assert_eq!(too_late.len() as u64, report.expired);
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn on_expired(mut self, hook: impl Fn(T, Expired) + Send + Sync + 'static) -> Self {
+        self.on_expired = Some(Box::new(hook));
+        self
+    }
+
+    /// Watches the queue's length against a `high` and a `low` mark (in items), as a
+    /// [`Pressure`](crate::Pressure) signal from [`Pipeline::pressure`](crate::Pipeline::pressure):
+    /// the level turns high when the length reaches `high`, and normal again only when it
+    /// falls to `low`. The gap is the hysteresis, so the signal fires once per real crossing
+    /// and never flaps around a mark. The marks stop with intake (at shutdown or a stop).
+    ///
+    /// # Errors
+    ///
+    /// Unless `low < high <= capacity`, the build fails with [`ConfigError::Watermarks`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, PressureLevel, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(1000, Policy::Block)
+    ///     .watermarks(800, 200)
+    ///     .spawn(SmolSpawner::new(), |_: u32| async {})?;
+    /// assert_eq!(pipeline.pressure().unwrap().level(), PressureLevel::Normal);
+    /// # pipeline.shutdown().await;
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn watermarks(mut self, high: usize, low: usize) -> Self {
+        self.watermarks = Some((high, low));
         self
     }
 
@@ -491,6 +663,10 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             parent: self.parent,
             worker_token: self.worker_token,
             on_shed: self.on_shed,
+            on_expired: self.on_expired,
+            timing: self.timing,
+            measure_delay: self.measure_delay,
+            watermarks: self.watermarks,
             on_panic: self.on_panic,
             retry: self.retry,
             start_retry: self.start_retry,
@@ -761,7 +937,23 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         S: Source<T>,
         J: Job<S::Unit>,
     {
-        let queue = Queue::new(self.capacity, self.policy)?;
+        let mut queue = Queue::new(self.capacity, self.policy)?;
+        if self.timing.max_age.is_some_and(|max_age| max_age.is_zero()) {
+            return Err(ConfigError::ZeroMaxAge.into());
+        }
+        if self.timing.codel.is_some_and(|codel| !codel.is_valid()) {
+            return Err(ConfigError::Codel.into());
+        }
+        let pressure = match self.watermarks {
+            Some((high, low)) if low < high && high <= self.capacity => {
+                Some(queue.set_marks(high, low))
+            }
+            Some(_) => return Err(ConfigError::Watermarks.into()),
+            None => None,
+        };
+        if self.is_timed() {
+            queue.set_timing(spawner.clone(), self.timing);
+        }
         if self.workers == 0 {
             return Err(ConfigError::ZeroWorkers.into());
         }
@@ -781,7 +973,7 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             None => (CancellationToken::new(), None),
         };
         let watch = signal.is_some();
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             queue,
             stop,
             Parent::new(signal),
@@ -789,7 +981,10 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             self.workers,
             spawner.clone(),
             self.on_shed,
-        ));
+        );
+        shared.on_expired = self.on_expired;
+        shared.pressure = pressure;
+        let shared = Arc::new(shared);
         // Every stop releases every waiter at once: whoever cancels the stop token (shutdown,
         // the parent, a stop from inside, a dropped pipeline), the queue closes in that call.
         let weak = Arc::downgrade(&shared);
@@ -848,6 +1043,11 @@ impl<T, H> fmt::Debug for PipelineBuilder<T, H> {
                 }),
             )
             .field("on_shed", &self.on_shed.as_ref().map(|_| ".."))
+            .field("max_age", &self.timing.max_age)
+            .field("codel", &self.timing.codel)
+            .field("measure_queue_delay", &self.measure_delay)
+            .field("watermarks", &self.watermarks)
+            .field("on_expired", &self.on_expired.as_ref().map(|_| ".."))
             .field("on_panic", &self.on_panic)
             .field("retry", &self.retry)
             .field("start_retry", &self.start_retry)
@@ -867,6 +1067,10 @@ impl<T> PipelineBuilder<T> {
             parent: None,
             worker_token: CancellationToken::new(),
             on_shed: None,
+            on_expired: None,
+            timing: Timing::default(),
+            measure_delay: false,
+            watermarks: None,
             on_panic: OnPanic::Isolate,
             retry: Retry::never(),
             start_retry: Retry::attempts(5),

@@ -481,7 +481,7 @@ async fn yield_now() {
 
 /// Runs a hook (user code) after the item's fate is recorded; a panic in it is caught and
 /// its payload dropped quietly, so that a hook cannot take the worker down.
-fn catch_quietly_sync(hook: impl FnOnce()) {
+pub(super) fn catch_quietly_sync(hook: impl FnOnce()) {
     if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(hook)) {
         drop_quietly(payload);
     }

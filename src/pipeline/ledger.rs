@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! produced = shed + accepted
-//! accepted = evicted + popped + in queue
+//! accepted = evicted + expired + popped + in queue
 //! popped   = processed + failed + panicked + lost + parked + in a worker's hands
 //! ```
 
@@ -129,12 +129,16 @@ impl Fates {
             processed: w.processed,
             failed: w.failed,
             dropped: q.shed + q.evicted,
+            expired: q.expired,
             panicked: w.panicked,
             retried: w.retried,
             restarts: w.restarts,
             depth: q.len,
             peak_depth: q.peak_len,
             time_full: q.time_full,
+            oldest_age: None,
+            queue_delay: None,
+            overloaded: false,
         }
     }
 

@@ -8,15 +8,20 @@ use super::ledger::{Fates, Ledger};
 use super::stop::Parent;
 use super::worker::{drop_each, drop_quietly, lock};
 use super::StopCause;
+use super::invoke::catch_quietly_sync;
 use crate::cancel::CancellationToken;
+use crate::delay::Expired;
 use crate::policy::PushOutcome;
-use crate::queue::Queue;
+use crate::queue::{PressureCell, Queue};
 use crate::spawner::Spawner;
 use crate::stats::Stats;
 use crate::sync::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 /// The hook called with each shed or evicted item.
 pub(super) type ShedHook<T> = Box<dyn Fn(&T) + Send + Sync>;
+
+/// The hook handed each item shed at the queue's exit, with the reason.
+pub(super) type ExpiredHook<T> = Box<dyn Fn(T, Expired) + Send + Sync>;
 
 pub(super) struct Shared<T> {
     pub(super) queue: Queue<T>,
@@ -42,6 +47,9 @@ pub(super) struct Shared<T> {
     not_started: AtomicUsize,
     pub(super) spawner: Arc<dyn Spawner>,
     pub(super) on_shed: Option<ShedHook<T>>,
+    pub(super) on_expired: Option<ExpiredHook<T>>,
+    /// The watermarks' level, when configured.
+    pub(super) pressure: Option<Arc<PressureCell>>,
     /// What stopped the pipeline first (`StopCause` as `cause_code`; 0 until then).
     cause: AtomicU8,
     #[cfg(feature = "tracing")]
@@ -70,6 +78,8 @@ impl<T> Shared<T> {
             not_started: AtomicUsize::new(0),
             spawner,
             on_shed,
+            on_expired: None,
+            pressure: None,
             cause: AtomicU8::new(0),
             #[cfg(feature = "tracing")]
             shed_log: crate::shed_log::ShedLog::new(),
@@ -188,6 +198,20 @@ impl<T> Shared<T> {
         }
     }
 
+    /// Hands the items shed at the queue's exit (counted `expired` when taken) to the hook,
+    /// or drops them; in the worker's task, with no lock held. A panic in the hook or in an
+    /// item's `Drop` is caught: the worker goes on, and the items are counted either way.
+    pub(super) fn expire(&self, shed: Vec<(T, Expired)>) {
+        match &self.on_expired {
+            Some(hook) => {
+                for (item, why) in shed {
+                    catch_quietly_sync(|| hook(item, why));
+                }
+            }
+            None => drop_quietly(drop_each(shed)),
+        }
+    }
+
     /// Every fate so far. The workers' counters first, then the queue's: an item counted
     /// processed was popped before, so no snapshot shows more settled than popped.
     pub(super) fn fates(&self) -> Fates {
@@ -199,7 +223,10 @@ impl<T> Shared<T> {
     }
 
     pub(super) fn stats(&self) -> Stats {
-        self.fates().stats()
+        let mut stats = self.fates().stats();
+        // After the counters: a separate look, under the lock again, only when stamped.
+        (stats.oldest_age, stats.queue_delay, stats.overloaded) = self.queue.delays();
+        stats
     }
 
     /// Whether items are left to process: in the queue, or in a worker's hands.

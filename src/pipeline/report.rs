@@ -9,7 +9,7 @@ use crate::spawner::SpawnError;
 /// [`Pipeline::shutdown`](crate::Pipeline::shutdown).
 ///
 /// Each accepted item has exactly one fate, and on every path
-/// `produced == processed + failed + dropped + abandoned + panicked`
+/// `produced == processed + failed + dropped + expired + abandoned + panicked`
 /// ([`is_conserved`](Report::is_conserved)), where
 /// `abandoned == handed_back + lost_in_flight`. Cheap to clone: the handed-back items
 /// themselves are taken with [`Pipeline::take_leftovers`](crate::Pipeline::take_leftovers).
@@ -41,6 +41,11 @@ pub struct Report {
     /// Items discarded by the policy: incoming ones shed under `DropNewest`, buffered ones
     /// evicted under `DropOldest`.
     pub dropped: u64,
+    /// Items shed at the queue's exit for their queue delay: older than
+    /// [`max_age`](crate::PipelineBuilder::max_age), or shed by
+    /// [`codel`](crate::PipelineBuilder::codel); each was handed to
+    /// [`on_expired`](crate::PipelineBuilder::on_expired). 0 without those features.
+    pub expired: u64,
     /// Accepted items never processed: the pipeline stopped before a worker took them, or
     /// the deadline passed; `handed_back + lost_in_flight`.
     pub abandoned: u64,
@@ -79,7 +84,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether `produced == processed + failed + dropped + abandoned + panicked` and
+    /// Whether `produced == processed + failed + dropped + expired + abandoned + panicked` and
     /// `abandoned == handed_back + lost_in_flight`.
     ///
     /// # Examples
@@ -95,7 +100,12 @@ impl Report {
     /// ```
     pub fn is_conserved(&self) -> bool {
         self.produced
-            == self.processed + self.failed + self.dropped + self.abandoned + self.panicked
+            == self.processed
+                + self.failed
+                + self.dropped
+                + self.expired
+                + self.abandoned
+                + self.panicked
             && self.abandoned == self.handed_back + self.lost_in_flight
     }
 
@@ -121,7 +131,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "produced {} = processed {} + failed {} + dropped {} + abandoned {} \
+            "produced {} = processed {} + failed {} + dropped {} + expired {} + abandoned {} \
              (handed back {}, lost in flight {}) + panicked {}; retried {}, restarts {}, \
              start failures {}; \
              workers: {} spawned, {} joined, {} aborted, {} not started, {} unresponsive; {:?}{}",
@@ -129,6 +139,7 @@ impl fmt::Display for Report {
             self.processed,
             self.failed,
             self.dropped,
+            self.expired,
             self.abandoned,
             self.handed_back,
             self.lost_in_flight,

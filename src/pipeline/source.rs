@@ -1,5 +1,7 @@
 //! How a worker takes its work from the queue: one item at a time, or a batch that closes
-//! at a size or after a wait.
+//! at a size or after a wait. From a timed queue (a maximum age or CoDel at the exit) a take
+//! may also shed items on the way; they go to the expired hook at once, in the same poll, so
+//! a worker aborted at an `.await` never holds one.
 
 use std::future::Future;
 use std::pin::pin;
@@ -8,6 +10,33 @@ use std::time::Duration;
 use futures_util::future::{self, Either};
 
 use super::producer::Shared;
+use crate::queue::TakeTimed;
+
+/// Up to `limit` items (at least one), waiting for the first; empty only when the queue is
+/// closed and empty. Items shed at a timed queue's exit on the way go to the expired hook.
+///
+/// Cancel safe: items are taken in the poll that returns them (the shed ones handed on in
+/// that same poll).
+fn take_some<T: Send + 'static>(
+    shared: &Shared<T>,
+    limit: usize,
+) -> impl Future<Output = Vec<T>> + Send + '_ {
+    if !shared.queue.is_timed() {
+        return Either::Left(shared.queue.pop_many(limit));
+    }
+    Either::Right(async move {
+        // Ends: each turn takes at least one item out of a bounded queue, or returns.
+        loop {
+            let Some(taken) = TakeTimed::new(&shared.queue, limit).await else {
+                return Vec::new();
+            };
+            shared.expire(taken.shed);
+            if !taken.served.is_empty() {
+                return taken.served;
+            }
+        }
+    })
+}
 
 /// A way of taking work from the queue, and the unit it takes.
 pub(super) trait Source<T>: Send + Sync + 'static {
@@ -46,7 +75,10 @@ impl<T: Send + 'static> Source<T> for One {
         _: usize,
     ) -> impl Future<Output = Option<T>> + Send + 'a {
         // Holds nothing while it waits: an item is taken in the poll that returns it.
-        shared.queue.pop()
+        if !shared.queue.is_timed() {
+            return Either::Left(shared.queue.pop());
+        }
+        Either::Right(async move { take_some(shared, 1).await.pop() })
     }
 
     fn count(_: &T) -> u64 {
@@ -136,7 +168,7 @@ impl<T: Send + 'static> Source<T> for Batch {
 
     async fn take(&self, shared: &Shared<T>, index: usize) -> Option<Vec<T>> {
         // One lock for what the queue holds, up to the limit; it waits for the first item.
-        let first = shared.queue.pop_many(self.max_items).await;
+        let first = take_some(shared, self.max_items).await;
         if first.is_empty() {
             return None; // closed and empty
         }
@@ -155,7 +187,7 @@ impl<T: Send + 'static> Source<T> for Batch {
         let mut timer = shared.spawner.sleep(self.max_wait);
         // Ends: each turn adds at least one item, or breaks.
         while batch.len() < self.max_items {
-            let more = pin!(shared.queue.pop_many(self.max_items - batch.len()));
+            let more = pin!(take_some(shared, self.max_items - batch.len()));
             match future::select(more, &mut timer).await {
                 // Empty only when the queue is closed and empty (close wakes this wait):
                 // deliver what there is at once, never after waiting for the time.

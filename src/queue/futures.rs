@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::{Queue, Ticket};
+use super::{Queue, Taken, Ticket};
 use crate::policy::{Policy, PushOutcome};
 
 /// Pushes into a full queue, with no pop in between, after which a producer yields once
@@ -139,9 +139,7 @@ impl<T> Future for Pop<'_, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let this = self.get_mut();
-        this.queue
-            .poll_take(cx, &mut this.ticket, 1, |buf, _| buf.pop_front())
-            .map(Option::flatten)
+        this.queue.poll_pop(cx, &mut this.ticket)
     }
 }
 
@@ -194,8 +192,8 @@ impl<T> Future for PopMany<'_, T> {
             return Poll::Ready(Vec::new());
         }
         this.queue
-            .poll_take(cx, &mut this.ticket, this.limit, |buf, n| {
-                buf.drain(..n).collect()
+            .poll_take(cx, &mut this.ticket, this.limit, |inner, n| {
+                inner.take_front(n).collect()
             })
             .map(Option::unwrap_or_default)
     }
@@ -216,5 +214,50 @@ impl<T> fmt::Debug for PopMany<'_, T> {
             .field("limit", &self.limit)
             .field("waiting", &self.ticket.is_some())
             .finish()
+    }
+}
+
+/// A worker's take from a timed queue: up to `limit` items to serve, and the items shed at
+/// the exit on the way (`timed.rs`); `None` once the queue is closed and empty. May serve
+/// none (all were shed): the caller hands the shed ones on and takes again.
+///
+/// Cancel safe, as [`PopMany`]: the items are taken in the poll that returns them.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub(crate) struct TakeTimed<'a, T> {
+    queue: &'a Queue<T>,
+    limit: usize,
+    ticket: Option<Ticket>,
+}
+
+impl<'a, T> TakeTimed<'a, T> {
+    pub(crate) fn new(queue: &'a Queue<T>, limit: usize) -> Self {
+        TakeTimed {
+            queue,
+            limit: limit.max(1),
+            ticket: None,
+        }
+    }
+}
+
+impl<T> Future for TakeTimed<'_, T> {
+    type Output = Option<Taken<T>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Taken<T>>> {
+        let this = self.get_mut();
+        // Read before the lock: the clock is user code.
+        let now = this.queue.stamp().expect("a timed take from a timed queue");
+        let limit = this.limit;
+        this.queue
+            .poll_take(cx, &mut this.ticket, limit, |inner, _| {
+                inner.take_timed(limit, now)
+            })
+    }
+}
+
+impl<T> Drop for TakeTimed<'_, T> {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            self.queue.leave_poppers(&mut self.ticket);
+        }
     }
 }

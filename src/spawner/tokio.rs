@@ -188,6 +188,13 @@ impl Spawner for TokioSpawner {
             let _ = (&mut timer.0).await;
         })
     }
+
+    /// The runtime's clock: tokio's, so a runtime whose time is paused
+    /// (`tokio::time::pause`) moves the pipeline's queue delays with it.
+    fn now(&self) -> std::time::Instant {
+        let _enter = self.handle.enter();
+        Instant::now().into_std()
+    }
 }
 
 /// Aborts the task on drop: a sleep dropped before its deadline leaves no timer task behind.

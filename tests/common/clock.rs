@@ -16,16 +16,27 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backpressure_pipeline::{BoxFuture, SpawnError, Spawner};
 
 use super::Sp;
 
 /// Time that moves only when the test says so.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ManualClock {
     state: Mutex<ClockState>,
+    /// The instant the clock's zero stands for (`Spawner::now` is `epoch + now`).
+    epoch: Instant,
+}
+
+impl Default for ManualClock {
+    fn default() -> ManualClock {
+        ManualClock {
+            state: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +68,11 @@ impl ManualClock {
     /// How far the clock has been advanced in all.
     pub fn now(&self) -> Duration {
         self.lock().now
+    }
+
+    /// The clock's time as an instant: what the spawner's `now` returns.
+    pub fn instant(&self) -> Instant {
+        self.epoch + self.now()
     }
 
     /// How many sleeps are pending: created, not complete and not dropped.
@@ -214,5 +230,9 @@ impl Spawner for ManualSpawner {
 
     fn sleep(&self, duration: Duration) -> BoxFuture {
         Box::pin(self.clock.sleep(duration))
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.instant()
     }
 }

@@ -1,0 +1,218 @@
+//! The queue's time-based state, present only when a pipeline is built with a time-based
+//! feature: a stamp per item, the maximum age, CoDel, the delay histogram; and the pressure
+//! watermarks.
+//!
+//! # Invariants
+//!
+//! 1. `stamps` runs parallel to the buffer: `stamps[i]` is when `buf[i]` was taken in. Every
+//!    change to the buffer makes the same change to `stamps`, under the buffer lock.
+//! 2. Stamps are read from the spawner's clock *before* the lock is taken (the clock is user
+//!    code), so two producers racing may leave them slightly out of order; an age is
+//!    `now - stamp`, saturating at zero, and the maximum age is checked on the item about to
+//!    be served, whatever its neighbours' stamps.
+//! 3. An item shed at the exit is counted in `expired` in the same critical section that
+//!    takes it out, and handed to the caller with its reason: nothing is dropped under the
+//!    lock.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+
+use crate::delay::{Codel, CodelState, DelayHistogram, Expired, Verdict};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
+
+/// What the pipeline configures on its queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Timing {
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) codel: Option<Codel>,
+}
+
+/// Under the buffer lock.
+#[derive(Debug)]
+pub(super) struct Timed {
+    /// Invariant 1.
+    pub(super) stamps: VecDeque<Instant>,
+    max_age: Option<Duration>,
+    codel: Option<CodelState>,
+    lifo: bool,
+    pub(super) delays: DelayHistogram,
+    /// Items shed at the exit (invariant 3).
+    pub(super) expired: u64,
+}
+
+/// What one timed take removed: the items to serve, and those shed with their reasons.
+#[derive(Debug)]
+pub(crate) struct Taken<T> {
+    pub(crate) served: Vec<T>,
+    pub(crate) shed: Vec<(T, Expired)>,
+}
+
+impl Timed {
+    pub(super) fn new(timing: Timing) -> Timed {
+        Timed {
+            stamps: VecDeque::new(),
+            max_age: timing.max_age,
+            codel: timing.codel.as_ref().map(CodelState::new),
+            lifo: timing.codel.is_some_and(|codel| codel.is_lifo()),
+            delays: DelayHistogram::new(),
+            expired: 0,
+        }
+    }
+
+    /// Whether CoDel is in its dropping state.
+    pub(super) fn overloaded(&self) -> bool {
+        self.codel.as_ref().is_some_and(CodelState::is_dropping)
+    }
+
+    /// A worker found the buffer empty.
+    pub(super) fn on_empty(&mut self) {
+        if let Some(codel) = &mut self.codel {
+            codel.on_empty();
+        }
+    }
+
+    /// Takes up to `limit` items to serve from a non-empty buffer at `now`, shedding on the
+    /// way those older than the maximum age and those CoDel drops. Ends when `limit` are
+    /// served or the buffer is empty; may serve none (all shed). Bounded by the buffer.
+    pub(super) fn take<T>(
+        &mut self,
+        buf: &mut VecDeque<T>,
+        limit: usize,
+        now: Instant,
+    ) -> (Taken<T>, u64) {
+        let mut taken = Taken {
+            served: Vec::new(),
+            shed: Vec::new(),
+        };
+        let mut served = 0;
+        while served < limit {
+            let Some(&head) = self.stamps.front() else {
+                self.on_empty();
+                break;
+            };
+            let head_age = now.saturating_duration_since(head);
+            // The maximum age first: a stale head is shed whatever CoDel would say.
+            if self.max_age.is_some_and(|max_age| head_age > max_age) {
+                let item = self.pop(buf, false);
+                taken.shed.push((item, Expired::MaxAge { age: head_age }));
+                continue;
+            }
+            if let Some(codel) = &mut self.codel {
+                if codel.verdict(now, head_age) == Verdict::Drop {
+                    let item = self.pop(buf, false);
+                    taken.shed.push((item, Expired::Codel { age: head_age }));
+                    continue;
+                }
+            }
+            // Adaptive LIFO: the newest first while CoDel is dropping.
+            let back = self.lifo && self.overloaded();
+            let age = match self.stamps.back() {
+                Some(&stamp) if back => now.saturating_duration_since(stamp),
+                _ => head_age,
+            };
+            // Invariant 2: the item served is itself within the maximum age.
+            if self.max_age.is_some_and(|max_age| age > max_age) {
+                let item = self.pop(buf, back);
+                taken.shed.push((item, Expired::MaxAge { age }));
+                continue;
+            }
+            let item = self.pop(buf, back);
+            self.delays.record(age);
+            taken.served.push(item);
+            served += 1;
+        }
+        self.expired += taken.shed.len() as u64;
+        (taken, served as u64)
+    }
+
+    /// Removes the head (or the back) item and its stamp (invariant 1).
+    fn pop<T>(&mut self, buf: &mut VecDeque<T>, back: bool) -> T {
+        let item = if back {
+            self.stamps.pop_back();
+            buf.pop_back()
+        } else {
+            self.stamps.pop_front();
+            buf.pop_front()
+        };
+        item.expect("a stamp for every item (invariant 1)")
+    }
+
+    /// The age of the oldest item at `now`, if any.
+    pub(super) fn oldest_age(&self, now: Instant) -> Option<Duration> {
+        // Invariant 2: the oldest stamp, wherever it sits.
+        self.stamps
+            .iter()
+            .take(1)
+            .chain(self.stamps.back())
+            .min()
+            .map(|&stamp| now.saturating_duration_since(stamp))
+    }
+}
+
+/// The pressure watermarks, under the buffer lock: `high` once the length reaches the high
+/// mark, and back to normal only once it falls to the low mark.
+#[derive(Debug)]
+pub(super) struct Marks {
+    high_mark: usize,
+    low_mark: usize,
+    high: bool,
+    /// Set by close: the level stays where it is.
+    closed: bool,
+    pub(super) cell: Arc<PressureCell>,
+}
+
+/// The level and the crossings, for the [`Pressure`](crate::Pressure) handles to read
+/// without the buffer lock.
+#[derive(Debug, Default)]
+pub(crate) struct PressureCell {
+    /// Crossings so far; odd while high.
+    pub(crate) crossings: AtomicU64,
+    /// Set when the queue closes, under its lock: no crossing comes after.
+    pub(crate) closed: AtomicBool,
+    /// Notified after a crossing or the close, with no lock held.
+    pub(crate) event: Event,
+}
+
+impl Marks {
+    pub(super) fn new(high_mark: usize, low_mark: usize) -> Marks {
+        Marks {
+            high_mark,
+            low_mark,
+            high: false,
+            closed: false,
+            cell: Arc::default(),
+        }
+    }
+
+    /// Under the lock, after the length changed to `len`: whether it crossed a mark (the
+    /// caller notifies after unlocking).
+    pub(super) fn update(&mut self, len: usize) -> bool {
+        if self.closed {
+            return false;
+        }
+        let crossed = if self.high {
+            len <= self.low_mark
+        } else {
+            len >= self.high_mark
+        };
+        if crossed {
+            self.high = !self.high;
+            // Release: a handle that reads the new count reads the level with it (the level
+            // is the count's parity).
+            self.cell.crossings.fetch_add(1, Ordering::Release);
+        }
+        crossed
+    }
+
+    /// Under the lock, when the queue closes: no crossing after this one (the draining
+    /// backlog does not count), and the handles are told.
+    pub(super) fn close(&mut self) -> Arc<PressureCell> {
+        self.closed = true;
+        // Release: a handle that sees the flag sees every crossing, all made before it.
+        self.cell.closed.store(true, Ordering::Release);
+        self.cell.clone()
+    }
+}
