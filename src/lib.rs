@@ -113,8 +113,8 @@ mod watchdog;
 mod work;
 
 pub use adapters::{PopStream, PushSink, SendError};
-pub use delay::{Codel, DelayHistogram, Expired};
 pub use cancel::{CancellationToken, DropGuard, WaitForCancellation, WaitForCancellationOwned};
+pub use delay::{Codel, DelayHistogram, Expired};
 pub use pipeline::{
     Batch, BuildError, ErrorHooks, NoErrorHooks, OnPanic, Pipeline, PipelineBuilder, Producer,
     Report, StopCause, StopSignal,

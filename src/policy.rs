@@ -217,9 +217,7 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::ZeroMaxAge => "the maximum age must be above zero",
             ConfigError::Codel => "CoDel needs a non-zero target below its interval",
-            ConfigError::Watermarks => {
-                "watermarks need low < high <= capacity"
-            }
+            ConfigError::Watermarks => "watermarks need low < high <= capacity",
         })
     }
 }

@@ -61,10 +61,10 @@ use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-pub use self::futures::{Pop, PopMany, Push};
 pub(crate) use self::futures::TakeTimed;
-pub(crate) use self::timed::{PressureCell, Taken, Timing};
+pub use self::futures::{Pop, PopMany, Push};
 use self::timed::{Marks, Timed};
+pub(crate) use self::timed::{PressureCell, Taken, Timing};
 pub(crate) use self::waiters::Ticket;
 use self::waiters::{Left, NeedsWaker, WaitList};
 

@@ -51,15 +51,6 @@ async fn accept(pipeline: &Pipeline<Item>, item: Item) {
     }
 }
 
-/// Lets the other tasks run for a while: long enough for a worker that could take a batch
-/// to have taken it, in practice; a check after this one only ever sees a bug, never
-/// causes a false failure.
-async fn idle() {
-    for _ in 0..64 {
-        common::yield_now().await;
-    }
-}
-
 /// Waits until the queue is empty: the worker has taken every item into its batch.
 async fn until_taken(pipeline: &Pipeline<Item>) {
     // Terminates when the worker takes them (the watchdog catches a bug).
@@ -84,77 +75,11 @@ fn assert_clean(report: &Report, workers: usize) {
     assert!(!report.deadline_exceeded, "{report}");
 }
 
-// The gate: the test sees each batch and decides when the worker may go on.
+// The gate (`common/gate.rs`): the test sees each batch and decides when the worker may go on.
 
-/// The test's side: each batch the worker took, and the release it waits for.
-#[derive(Debug)]
-struct Gate {
-    seen: async_channel::Receiver<Vec<u32>>,
-    release: async_channel::Sender<()>,
-}
-
-/// The worker's side.
-#[derive(Debug, Clone)]
-struct Gated {
-    seen: async_channel::Sender<Vec<u32>>,
-    release: async_channel::Receiver<()>,
-}
-
-fn gate() -> (Gate, Gated) {
-    let (seen_tx, seen_rx) = async_channel::unbounded();
-    let (release_tx, release_rx) = async_channel::unbounded();
-    (
-        Gate {
-            seen: seen_rx,
-            release: release_tx,
-        },
-        Gated {
-            seen: seen_tx,
-            release: release_rx,
-        },
-    )
-}
-
-impl Gate {
-    /// The next batch the worker took (the watchdog bounds the wait).
-    async fn next(&self) -> Vec<u32> {
-        self.seen
-            .recv()
-            .await
-            .expect("the worker announces its batch")
-    }
-
-    /// After a while, no batch has been delivered.
-    async fn assert_none(&self) {
-        idle().await;
-        assert!(
-            self.seen.is_empty(),
-            "unexpected batch {:?}",
-            self.seen.try_recv()
-        );
-    }
-
-    /// Lets the worker finish one batch.
-    fn release(&self) {
-        self.release
-            .try_send(())
-            .expect("the worker's gate is open");
-    }
-
-    /// Lets the worker finish every batch from now on.
-    fn open(&self) {
-        self.release.close();
-    }
-}
-
-impl Gated {
-    /// Announces a batch (without an `.await`: nothing between the take and this can be
-    /// cut short) and waits for the test to release it.
-    async fn hold(&self, batch: &[Item]) {
-        self.seen.try_send(ids(batch)).expect("the test listens");
-        let _ = self.release.recv().await; // an error: opened for good
-    }
-}
+type Gate = common::gate::Gate<Vec<u32>>;
+type Gated = common::gate::Gated<Vec<u32>>;
+use common::gate::gate;
 
 /// Work that holds each batch at the gate, then processes it.
 fn gated_work(kit: &Kit, gated: Gated) -> impl Fn(Vec<Item>) -> BoxFuture + Send + Sync + 'static {
@@ -162,7 +87,7 @@ fn gated_work(kit: &Kit, gated: Gated) -> impl Fn(Vec<Item>) -> BoxFuture + Send
     move |batch: Vec<Item>| {
         let (kit, gated) = (kit.clone(), gated.clone());
         Box::pin(async move {
-            gated.hold(&batch).await;
+            gated.hold(ids(&batch)).await;
             kit.settle(batch, Fate::Processed);
         })
     }
@@ -240,7 +165,7 @@ async fn full_batches_close_at_max_items_and_the_rest_waits_for_the_clock(sp: Sp
     }
     assert_eq!(gate.next().await, range(0..4));
     // The worker holds its batch: the other six wait in the queue, and no timer runs.
-    idle().await;
+    common::idle().await;
     assert_eq!((pipeline.len(), clock.sleepers()), (6, 0));
     gate.assert_none().await;
     gate.release();
@@ -323,7 +248,7 @@ async fn the_timer_closes_a_batch_exactly_at_max_wait(sp: Sp) {
     }
     // Time with no batch open starts no timer (the worker waits for an item); the next
     // batch's timer counts from its first item.
-    idle().await;
+    common::idle().await;
     assert_eq!(clock.sleepers(), 0);
     clock.advance(5 * WAIT);
     accept(&pipeline, kit.item(3)).await;
@@ -438,7 +363,7 @@ async fn block_waits_while_the_worker_holds_its_batch(sp: Sp) {
     let mut cx = Context::from_waker(&waker);
     let mut push = pin!(pipeline.push(kit.item(6)));
     assert!(push.as_mut().poll(&mut cx).is_pending());
-    idle().await;
+    common::idle().await;
     assert!(push.as_mut().poll(&mut cx).is_pending());
     let stats = pipeline.stats();
     assert_eq!(
@@ -489,7 +414,7 @@ async fn shutdown_delivers_a_filling_batch_at_once(sp: Sp) {
     }
     until_taken(&pipeline).await;
     clock.until_sleepers(1).await;
-    idle().await;
+    common::idle().await;
     assert!(lock(&batches).is_empty(), "{:?}", lock(&batches));
     // The drain delivers it: neither the hour nor the shutdown deadline (5 s) passes.
     let report = pipeline.shutdown().await;
@@ -522,7 +447,7 @@ async fn the_deadline_loses_the_stuck_batch_and_hands_back_the_queue(sp: Sp) {
         .spawn_batched(spawner, Batch::new(4, HOUR), move |batch: Vec<Item>| {
             let gated = gated.clone();
             async move {
-                gated.hold(&batch).await;
+                gated.hold(ids(&batch)).await;
                 pending::<()>().await; // stuck for good: only the abort ends it
                 drop(batch);
             }
@@ -534,7 +459,7 @@ async fn the_deadline_loses_the_stuck_batch_and_hands_back_the_queue(sp: Sp) {
     let stuck = gate.next().await;
     assert_eq!(stuck, range(0..4));
     gate.release();
-    idle().await;
+    common::idle().await;
     assert_eq!(pipeline.len(), 6);
     let report = pipeline.shutdown().await;
     // The aborted worker dropped its batch before it was joined.
@@ -579,7 +504,7 @@ async fn the_deadline_hands_back_a_batch_parked_for_retry_then_the_queue(sp: Sp)
         .retry(Retry::attempts(3).backoff(HOUR, HOUR).jitter(false))
         .spawn_batched(spawner, Batch::new(4, HOUR), move |batch: Vec<Item>| {
             // No `.await`: announced, then handed back, in one poll.
-            gated.seen.try_send(ids(&batch)).expect("the test listens");
+            gated.announce(ids(&batch));
             let first = batch[0].id;
             std::future::ready(Outcome::Retry(batch, Bad { first, attempt: 1 }))
         })
@@ -590,7 +515,7 @@ async fn the_deadline_hands_back_a_batch_parked_for_retry_then_the_queue(sp: Sp)
     assert_eq!(gate.next().await, range(0..4));
     // Its batch's timer is gone: the one sleep pending is the retry's backoff.
     clock.until_sleepers(1).await;
-    idle().await;
+    common::idle().await;
     assert_eq!(pipeline.len(), 6);
     let report = pipeline.shutdown().await;
     let (leftovers, left) = hand_back(&pipeline, &kit.ledger);

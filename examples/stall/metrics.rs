@@ -97,7 +97,13 @@ fn quantile(values: &mut [Duration], q: f64) -> Option<Duration> {
 pub(crate) fn median_of(values: &[Option<f64>], none_is_max: bool) -> Option<f64> {
     let mut v: Vec<f64> = values
         .iter()
-        .filter_map(|v| if none_is_max { Some(v.unwrap_or(f64::INFINITY)) } else { *v })
+        .filter_map(|v| {
+            if none_is_max {
+                Some(v.unwrap_or(f64::INFINITY))
+            } else {
+                *v
+            }
+        })
         .collect();
     if v.is_empty() {
         return None;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_executor::Executor;
 use backpressure_pipeline::{
-    Codel, ExecutorSpawner, Pipeline, Policy, PushOutcome, Report, Spawner,
+    Codel, ExecutorSpawner, Expired, Pipeline, Policy, Producer, PushOutcome, Report,
 };
 use event_listener::Event;
 use smol::Timer;
@@ -158,7 +158,6 @@ pub(crate) fn run(setup: Setup) -> Trace {
 
 async fn scenario(setup: Setup) -> Trace {
     let spawner = ExecutorSpawner::new(executor().clone());
-    let clock = spawner.clone();
     let gate = Arc::new(Gate::default());
     let served = Arc::new(Mutex::new(Vec::with_capacity(estimate(&setup))));
     let expired = Arc::new(AtomicU64::new(0));
@@ -176,7 +175,7 @@ async fn scenario(setup: Setup) -> Trace {
     };
     let builder = builder.on_expired({
         let expired = expired.clone();
-        move |_job: Job, _why| {
+        move |_job: Job, _why: Expired| {
             // Relaxed: a count read after shutdown has joined every worker.
             expired.fetch_add(1, Ordering::Relaxed);
         }
@@ -207,7 +206,9 @@ async fn scenario(setup: Setup) -> Trace {
         })
         .expect("start the pipeline");
 
-    let start = clock.now();
+    // The pipeline's clock (`Spawner::now`) is `Instant::now()` for this spawner, so the
+    // example's stamps and the pipeline's ages are on one clock.
+    let start = Instant::now();
     let stall_at = start + setup.warmup;
     let resume_at = stall_at + setup.stall;
     let end = resume_at + setup.after;
@@ -239,12 +240,7 @@ async fn scenario(setup: Setup) -> Trace {
 /// Pushes at `rate` items per second from `start` until `end`, in small bursts: each tick
 /// pushes what the elapsed time calls for, so a late timer costs a bigger burst, not a lower
 /// rate. Returns the number shed at the door.
-async fn produce(
-    producer: backpressure_pipeline::Producer<Job>,
-    rate: f64,
-    start: Instant,
-    end: Instant,
-) -> u64 {
+async fn produce(producer: Producer<Job>, rate: f64, start: Instant, end: Instant) -> u64 {
     let tick = Duration::from_millis(1);
     let mut pushed = 0_u64;
     let mut shed = 0_u64;

@@ -4,11 +4,11 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use super::invoke::catch_quietly_sync;
 use super::ledger::{Fates, Ledger};
 use super::stop::Parent;
 use super::worker::{drop_each, drop_quietly, lock};
 use super::StopCause;
-use super::invoke::catch_quietly_sync;
 use crate::cancel::CancellationToken;
 use crate::delay::Expired;
 use crate::policy::PushOutcome;

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod clock;
+pub mod gate;
 pub mod ledger;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -262,4 +263,13 @@ pub fn iterations(base: usize) -> usize {
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(1);
     base * factor.max(1)
+}
+
+/// Lets the other tasks run for a while: long enough for a worker that could take work to
+/// have taken it, in practice; a check after this one only ever sees a bug, never causes a
+/// false failure.
+pub async fn idle() {
+    for _ in 0..64 {
+        yield_now().await;
+    }
 }

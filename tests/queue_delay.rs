@@ -1,0 +1,596 @@
+//! Shedding by queue delay, on every runtime, with time under the test's control: the
+//! maximum age (TTL) at its exact boundary, CoDel's state changes on a scripted delay trace
+//! (FIFO and adaptive LIFO), the watermarks' crossings, the delay statistics, and the law
+//! with `expired` on every path.
+//!
+//! Time is a manual clock (`common/clock.rs`): it moves only when a test advances it, and the
+//! pipeline reads it through `Spawner::now`. A gated worker (`common/gate.rs`) announces each
+//! item it takes and waits for the test to release it, so the test decides when the next
+//! take happens and at what time. No test waits on real time.
+
+mod common;
+
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backpressure_pipeline::{
+    Batch, BoxFuture, BuildError, Codel, ConfigError, Expired, Pipeline, Policy, PressureLevel,
+    PushOutcome, Report, SpawnError, Spawner, StopCause,
+};
+use common::clock::{ManualClock, ManualSpawner};
+use common::gate::{gate, Gate};
+use common::Sp;
+use futures_util::future::poll_immediate;
+
+const MS: Duration = Duration::from_millis(1);
+const NANO: Duration = Duration::from_nanos(1);
+
+/// The items handed to `on_expired`, with why, in order.
+type ExpiredLog = Arc<Mutex<Vec<(u32, Expired)>>>;
+
+fn expired_log() -> ExpiredLog {
+    Arc::default()
+}
+
+fn recorder(log: &ExpiredLog) -> impl Fn(u32, Expired) + Send + Sync + 'static {
+    let log = log.clone();
+    move |id, why| log.lock().unwrap().push((id, why))
+}
+
+fn logged(log: &ExpiredLog) -> Vec<(u32, Expired)> {
+    log.lock().unwrap().clone()
+}
+
+/// Waits until `log` holds `n` entries (the watchdog bounds the wait).
+async fn until_logged(log: &ExpiredLog, n: usize) {
+    while log.lock().unwrap().len() < n {
+        common::yield_now().await;
+    }
+}
+
+async fn accept(pipeline: &Pipeline<u32>, id: u32) {
+    assert_eq!(pipeline.push(id).await, PushOutcome::Accepted, "item {id}");
+}
+
+/// A gated worker's pipeline: one worker, `Block`, on `spawner`.
+fn gated(
+    spawner: ManualSpawner,
+    capacity: usize,
+    configure: impl FnOnce(
+        backpressure_pipeline::PipelineBuilder<u32>,
+    ) -> backpressure_pipeline::PipelineBuilder<u32>,
+) -> (Pipeline<u32>, Gate<u32>) {
+    let (gate, held) = gate();
+    let builder = configure(Pipeline::builder(capacity, Policy::Block));
+    let pipeline = builder
+        .spawn(spawner, move |id: u32| {
+            let held = held.clone();
+            async move { held.hold(id).await }
+        })
+        .expect("a valid configuration");
+    (pipeline, gate)
+}
+
+fn assert_law(report: &Report) {
+    assert!(report.is_conserved(), "{report}");
+    assert_eq!(report.cause, StopCause::Shutdown, "{report}");
+}
+
+// The maximum age.
+
+async fn ttl_expires_strictly_after_max_age(sp: Sp) {
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let log = expired_log();
+    let (pipeline, gate) = gated(spawner, 8, |b| {
+        b.max_age(100 * MS).on_expired(recorder(&log))
+    });
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0); // taken at once, age 0
+    accept(&pipeline, 1).await; // stamped t = 0
+    clock.advance(50 * MS);
+    accept(&pipeline, 2).await; // stamped t = 50 ms
+    clock.advance(50 * MS); // t = 100 ms: item 1 is exactly max_age old
+    assert_eq!(pipeline.stats().oldest_age, Some(100 * MS));
+    gate.release();
+    assert_eq!(
+        gate.next().await,
+        1,
+        "an item exactly max_age old is served"
+    );
+    clock.advance(50 * MS + NANO); // item 2 is max_age + 1 ns old
+    gate.release();
+    until_logged(&log, 1).await;
+    assert_eq!(
+        logged(&log),
+        [(
+            2,
+            Expired::MaxAge {
+                age: 100 * MS + NANO
+            }
+        )]
+    );
+    gate.assert_none().await;
+    let stats = pipeline.stats();
+    assert_eq!((stats.expired, stats.depth), (1, 0));
+    assert_eq!(stats.oldest_age, Some(Duration::ZERO), "empty");
+    // Fresh items are served.
+    accept(&pipeline, 3).await;
+    assert_eq!(gate.next().await, 3);
+    gate.open();
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert_eq!((report.processed, report.expired), (3, 1), "{report}");
+    let delays = pipeline.stats().queue_delay.expect("stamped");
+    assert_eq!(delays.count(), 3);
+    // 0, 100 ms, 0: the slowest is in the bucket [65.536, 131.072) ms.
+    assert_eq!(delays.quantile(1.0), Some(Duration::from_micros(1 << 17)));
+    assert_eq!(delays.quantile(0.5), Some(Duration::from_micros(1)));
+}
+
+async fn ttl_sheds_a_stale_backlog_in_one_take(sp: Sp) {
+    // A backlog that went stale while the worker was busy is shed in one take, each item
+    // with its own age, and the first fresh one behind it is served.
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let log = expired_log();
+    let (pipeline, gate) = gated(spawner, 16, |b| {
+        b.max_age(10 * MS).on_expired(recorder(&log))
+    });
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    for id in 1..=5 {
+        accept(&pipeline, id).await;
+        clock.advance(MS);
+    }
+    // Stamps 0..=4 ms; now 5 ms. Move on to 14.5 ms: items 1..=4 (ages 14.5..11.5) are
+    // stale, item 5 (age 10.5 ms) too; push a fresh one.
+    clock.advance(Duration::from_micros(9_500));
+    accept(&pipeline, 6).await;
+    gate.release();
+    assert_eq!(gate.next().await, 6);
+    let ids: Vec<u32> = logged(&log).iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        logged(&log)[0].1,
+        Expired::MaxAge {
+            age: Duration::from_micros(14_500)
+        }
+    );
+    gate.open();
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert_eq!((report.processed, report.expired), (2, 5), "{report}");
+}
+
+async fn ttl_stamps_follow_evictions(sp: Sp) {
+    // Under `DropOldest` an eviction removes the oldest item and its stamp together: the
+    // ages the exit sees are those of the items that stayed.
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let log = expired_log();
+    let (gate, held) = gate();
+    let pipeline = Pipeline::builder(2, Policy::DropOldest)
+        .max_age(100 * MS)
+        .on_expired(recorder(&log))
+        .spawn(spawner, move |id: u32| {
+            let held = held.clone();
+            async move { held.hold(id).await }
+        })
+        .unwrap();
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    accept(&pipeline, 1).await; // t = 0
+    clock.advance(60 * MS);
+    accept(&pipeline, 2).await; // t = 60
+    clock.advance(20 * MS);
+    assert_eq!(pipeline.try_push(3), PushOutcome::Evicted(1)); // t = 80; item 1 goes
+    clock.advance(90 * MS); // t = 170: item 2 is 110 ms old, item 3 90 ms
+    gate.release();
+    assert_eq!(gate.next().await, 3);
+    assert_eq!(logged(&log), [(2, Expired::MaxAge { age: 110 * MS })]);
+    gate.open();
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert_eq!(
+        (report.processed, report.dropped, report.expired),
+        (2, 1, 1),
+        "{report}"
+    );
+}
+
+async fn ttl_in_batches_drops_stale_items_from_the_batch(sp: Sp) {
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let log = expired_log();
+    let (gate, held) = gate::<Vec<u32>>();
+    let pipeline = Pipeline::builder(16, Policy::Block)
+        .max_age(10 * MS)
+        .on_expired(recorder(&log))
+        .spawn_batched(
+            spawner,
+            Batch::new(4, Duration::ZERO),
+            move |batch: Vec<u32>| {
+                let held = held.clone();
+                async move { held.hold(batch).await }
+            },
+        )
+        .unwrap();
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, [0]);
+    for id in 1..=3 {
+        accept(&pipeline, id).await; // t = 0
+    }
+    clock.advance(11 * MS);
+    for id in 4..=8 {
+        accept(&pipeline, id).await; // t = 11 ms
+    }
+    gate.release();
+    // 1..=3 are 11 ms old: shed; the batch is the next four fresh ones.
+    assert_eq!(gate.next().await, [4, 5, 6, 7]);
+    let ids: Vec<u32> = logged(&log).iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    gate.open();
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert_eq!((report.processed, report.expired), (6, 3), "{report}");
+}
+
+async fn ttl_applies_while_draining(sp: Sp) {
+    // Shutdown drains: the items a worker takes during the drain are still checked.
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let log = expired_log();
+    let (pipeline, gate) = gated(spawner, 8, |b| {
+        b.max_age(10 * MS).on_expired(recorder(&log))
+    });
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    accept(&pipeline, 1).await; // t = 0
+    clock.advance(20 * MS);
+    accept(&pipeline, 2).await; // t = 20 ms
+    let mut stop = pin!(pipeline.shutdown());
+    // One poll: intake stops; the drain goes on while the worker is held.
+    assert!(poll_immediate(&mut stop).await.is_none());
+    assert!(pipeline.is_closed());
+    gate.release();
+    // Item 1 is 20 ms old: shed; item 2 is served.
+    assert_eq!(gate.next().await, 2);
+    gate.release();
+    let report = stop.await;
+    assert_law(&report);
+    assert_eq!(logged(&log), [(1, Expired::MaxAge { age: 20 * MS })]);
+    assert_eq!(
+        (report.processed, report.expired, report.abandoned),
+        (2, 1, 0),
+        "{report}"
+    );
+}
+
+async fn stale_items_left_at_the_deadline_are_handed_back_not_expired(sp: Sp) {
+    // A zero deadline: the worker token is cancelled at once, and what is queued is handed
+    // back, whatever its age.
+    let (spawner, clock) = ManualSpawner::new(sp.clone());
+    let log = expired_log();
+    let (gate, held) = gate();
+    let builder = Pipeline::builder(8, Policy::Block)
+        .max_age(MS)
+        .on_expired(recorder(&log))
+        .deadline(Duration::ZERO)
+        .grace(Duration::from_secs(3600));
+    let deadline_passed = builder.worker_token(); // a child: cancelled with the workers'
+    let pipeline = Arc::new(
+        builder
+            .spawn(spawner, move |id: u32| {
+                let held = held.clone();
+                async move { held.hold(id).await }
+            })
+            .unwrap(),
+    );
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    for id in 1..=3 {
+        accept(&pipeline, id).await;
+    }
+    clock.advance(10 * MS);
+    let report = common::spawn(&sp, {
+        let pipeline = pipeline.clone();
+        async move { pipeline.shutdown().await }
+    });
+    deadline_passed.cancelled().await;
+    gate.open(); // the worker finishes item 0 and takes no other
+    let report = report.await.expect("shutdown finishes");
+    assert_law(&report);
+    assert_eq!(
+        (report.processed, report.expired, report.handed_back),
+        (1, 0, 3),
+        "{report}"
+    );
+    assert_eq!(pipeline.take_leftovers(), [1, 2, 3]);
+    assert!(logged(&log).is_empty());
+}
+
+async fn a_panicking_expired_hook_does_not_stop_the_worker(sp: Sp) {
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (pipeline, gate) = gated(spawner, 8, |b| {
+        let calls = calls.clone();
+        b.max_age(MS).on_expired(move |_, _| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            panic!("a hook that panics");
+        })
+    });
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    accept(&pipeline, 1).await;
+    accept(&pipeline, 2).await;
+    clock.advance(2 * MS);
+    accept(&pipeline, 3).await;
+    gate.release();
+    assert_eq!(gate.next().await, 3, "the worker went on past both panics");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    gate.open();
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert_eq!(
+        (report.processed, report.expired, report.panicked),
+        (2, 2, 0)
+    );
+}
+
+// CoDel.
+
+async fn codel_enters_drops_and_leaves_on_a_scripted_trace(sp: Sp) {
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let log = expired_log();
+    let (pipeline, gate) = gated(spawner, 16, |b| {
+        b.codel(Codel::new(5 * MS, 100 * MS))
+            .on_expired(recorder(&log))
+    });
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    for id in 1..=6 {
+        accept(&pipeline, id).await; // t = 0
+    }
+    clock.advance(10 * MS);
+    // Head age 10 ms ≥ target: armed (first above target until 110 ms), served.
+    gate.release();
+    assert_eq!(gate.next().await, 1);
+    assert!(!pipeline.stats().overloaded);
+    clock.advance(100 * MS); // t = 110 ms
+                             // A whole interval above target: enter dropping, shed the head (2), serve the next.
+    gate.release();
+    assert_eq!(gate.next().await, 3);
+    assert_eq!(logged(&log), [(2, Expired::Codel { age: 110 * MS })]);
+    assert!(pipeline.stats().overloaded);
+    // The next drop is due at 110 + 100/sqrt(1) = 210 ms: not yet.
+    gate.release();
+    assert_eq!(gate.next().await, 4);
+    clock.advance(100 * MS); // t = 210 ms: due; shed 5, serve 6
+    accept(&pipeline, 7).await; // fresh, stamped 210 ms
+    gate.release();
+    assert_eq!(gate.next().await, 6);
+    assert_eq!(logged(&log)[1..], [(5, Expired::Codel { age: 210 * MS })]);
+    assert!(pipeline.stats().overloaded);
+    // The head (7) is below target: leave the dropping state, serve it.
+    gate.release();
+    assert_eq!(gate.next().await, 7);
+    assert!(!pipeline.stats().overloaded);
+    gate.open();
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert_eq!((report.processed, report.expired), (6, 2), "{report}");
+}
+
+async fn codel_lifo_serves_the_newest_while_dropping(sp: Sp) {
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let log = expired_log();
+    let (pipeline, gate) = gated(spawner, 16, |b| {
+        b.codel(Codel::new(5 * MS, 100 * MS).lifo(true))
+            .on_expired(recorder(&log))
+    });
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    for id in 1..=5 {
+        accept(&pipeline, id).await; // t = 0
+    }
+    clock.advance(10 * MS);
+    gate.release();
+    assert_eq!(gate.next().await, 1, "FIFO while not dropping");
+    clock.advance(100 * MS); // t = 110 ms
+    gate.release();
+    // Enter dropping: the head (2) is shed, and the newest (5) is served.
+    assert_eq!(gate.next().await, 5);
+    assert_eq!(logged(&log), [(2, Expired::Codel { age: 110 * MS })]);
+    gate.release();
+    assert_eq!(gate.next().await, 4, "still dropping: newest first");
+    accept(&pipeline, 6).await; // fresh, at the back
+    gate.release();
+    assert_eq!(gate.next().await, 6);
+    gate.release();
+    assert_eq!(gate.next().await, 3, "the last one left");
+    gate.open();
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert_eq!((report.processed, report.expired), (6, 1), "{report}");
+}
+
+// Watermarks.
+
+async fn watermarks_fire_once_per_crossing(sp: Sp) {
+    let (spawner, _clock) = ManualSpawner::new(sp);
+    let (pipeline, gate) = gated(spawner, 10, |b| b.watermarks(6, 3));
+    let mut pressure = pipeline.pressure().expect("configured");
+    assert_eq!(pressure.level(), PressureLevel::Normal);
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0); // the worker holds 0; the queue is empty
+    for id in 1..=5 {
+        accept(&pipeline, id).await;
+    }
+    assert_eq!((pipeline.len(), pressure.crossings()), (5, 0));
+    accept(&pipeline, 6).await; // length 6: the high mark
+    assert_eq!(pressure.crossings(), 1);
+    assert_eq!(pressure.changed().await, Some(PressureLevel::High));
+    // Around the high mark, and down to just above the low mark: no crossing.
+    gate.release();
+    assert_eq!(gate.next().await, 1); // length 5
+    accept(&pipeline, 7).await; // 6 again: already high
+    gate.release();
+    assert_eq!(gate.next().await, 2); // 5
+    gate.release();
+    assert_eq!(gate.next().await, 3); // 4
+    assert_eq!((pipeline.len(), pressure.crossings()), (4, 1));
+    gate.release();
+    assert_eq!(gate.next().await, 4); // 3: the low mark
+    assert_eq!(pressure.crossings(), 2);
+    assert_eq!(pressure.changed().await, Some(PressureLevel::Normal));
+    // Around the low mark: no crossing.
+    accept(&pipeline, 8).await; // 4
+    gate.release();
+    assert_eq!(gate.next().await, 5); // 3
+    accept(&pipeline, 9).await; // 4
+    assert_eq!((pipeline.len(), pressure.crossings()), (4, 2));
+    // A watcher made now reports only the crossings after it.
+    let mut late = pipeline.pressure().unwrap();
+    for id in 10..=11 {
+        accept(&pipeline, id).await; // 5, 6: high
+    }
+    assert_eq!(late.changed().await, Some(PressureLevel::High));
+    // Intake stops with the queue at 6; it drains to 0 after that, and no crossing counts.
+    let mut stop = pin!(pipeline.shutdown());
+    assert!(poll_immediate(&mut stop).await.is_none());
+    assert!(pipeline.is_closed());
+    gate.open();
+    let report = stop.await;
+    assert_law(&report);
+    assert_eq!(late.changed().await, None);
+    assert_eq!(
+        (pressure.crossings(), pressure.level()),
+        (3, PressureLevel::High)
+    );
+}
+
+// Configuration, and what a pipeline without time features does.
+
+async fn bad_settings_are_refused(sp: Sp) {
+    let build = |b: backpressure_pipeline::PipelineBuilder<u32>| {
+        b.spawn(sp.clone(), |_: u32| async {}).map(drop)
+    };
+    let err = |config| Err(BuildError::Config(config));
+    assert_eq!(
+        build(Pipeline::builder(8, Policy::Block).max_age(Duration::ZERO)),
+        err(ConfigError::ZeroMaxAge)
+    );
+    assert_eq!(
+        build(Pipeline::builder(8, Policy::Block).codel(Codel::new(Duration::ZERO, MS))),
+        err(ConfigError::Codel)
+    );
+    assert_eq!(
+        build(Pipeline::builder(8, Policy::Block).codel(Codel::new(MS, MS))),
+        err(ConfigError::Codel)
+    );
+    for (high, low) in [(4, 4), (3, 4), (9, 1), (0, 0)] {
+        assert_eq!(
+            build(Pipeline::builder(8, Policy::Block).watermarks(high, low)),
+            err(ConfigError::Watermarks),
+            "high {high}, low {low}"
+        );
+    }
+    assert_eq!(
+        build(Pipeline::builder(8, Policy::Block).watermarks(8, 0)),
+        Ok(())
+    );
+}
+
+/// A spawner that counts the reads of its clock.
+#[derive(Debug)]
+struct CountingClock {
+    inner: Sp,
+    reads: Arc<AtomicUsize>,
+}
+
+impl Spawner for CountingClock {
+    fn spawn(&self, task: BoxFuture) -> Result<(), SpawnError> {
+        self.inner.spawn(task)
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture {
+        self.inner.sleep(duration)
+    }
+
+    fn now(&self) -> Instant {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        Instant::now()
+    }
+}
+
+async fn without_time_features_no_clock_is_read(sp: Sp) {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let spawner = CountingClock {
+        inner: sp.clone(),
+        reads: reads.clone(),
+    };
+    let pipeline = Pipeline::builder(8, Policy::DropOldest)
+        .workers(2)
+        .spawn(spawner, |_: u32| async {})
+        .unwrap();
+    for id in 0..100 {
+        let _ = pipeline.push(id).await;
+    }
+    let stats = pipeline.stats();
+    assert_eq!((stats.oldest_age, stats.queue_delay), (None, None));
+    assert!(!stats.overloaded);
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert_eq!(report.expired, 0);
+    assert_eq!(reads.load(Ordering::SeqCst), 0, "no stamp, no read");
+
+    // With one, each push and each take reads it.
+    let spawner = CountingClock {
+        inner: sp,
+        reads: reads.clone(),
+    };
+    let pipeline = Pipeline::builder(8, Policy::Block)
+        .measure_queue_delay()
+        .spawn(spawner, |_: u32| async {})
+        .unwrap();
+    for id in 0..10 {
+        let _ = pipeline.push(id).await;
+    }
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert!(reads.load(Ordering::SeqCst) >= 20);
+    assert_eq!(pipeline.stats().queue_delay.unwrap().count(), 10);
+}
+
+async fn the_manual_clock_is_the_pipelines_clock(sp: Sp) {
+    // `oldest_age` follows the spawner's clock, not the wall clock.
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let (pipeline, gate) = gated(spawner, 8, |b| b.measure_queue_delay());
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    accept(&pipeline, 1).await;
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(pipeline.stats().oldest_age, Some(Duration::from_secs(30)));
+    let _ = ManualClock::now(&clock);
+    gate.open();
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    let delays = pipeline.stats().queue_delay.unwrap();
+    assert_eq!(delays.count(), 2);
+    // 30 s = 30 000 000 µs: in [2^24, 2^25) µs.
+    assert_eq!(delays.quantile(1.0), Some(Duration::from_micros(1 << 25)));
+}
+
+on_every_runtime!(
+    ttl_expires_strictly_after_max_age,
+    ttl_sheds_a_stale_backlog_in_one_take,
+    ttl_stamps_follow_evictions,
+    ttl_in_batches_drops_stale_items_from_the_batch,
+    ttl_applies_while_draining,
+    stale_items_left_at_the_deadline_are_handed_back_not_expired,
+    a_panicking_expired_hook_does_not_stop_the_worker,
+    codel_enters_drops_and_leaves_on_a_scripted_trace,
+    codel_lifo_serves_the_newest_while_dropping,
+    watermarks_fire_once_per_crossing,
+    bad_settings_are_refused,
+    without_time_features_no_clock_is_read,
+    the_manual_clock_is_the_pipelines_clock,
+);
