@@ -77,7 +77,6 @@ fn assert_clean(report: &Report, workers: usize) {
 
 // The gate (`common/gate.rs`): the test sees each batch and decides when the worker may go on.
 
-type Gate = common::gate::Gate<Vec<u32>>;
 type Gated = common::gate::Gated<Vec<u32>>;
 use common::gate::gate;
 
