@@ -99,6 +99,8 @@
 mod adapters;
 mod cancel;
 mod delay;
+#[cfg(feature = "metrics")]
+mod export;
 mod pipeline;
 mod policy;
 mod pressure;

@@ -375,6 +375,53 @@ impl<T: Send + 'static> Pipeline<T> {
         self.shared.pressure.clone().map(Pressure::new)
     }
 
+    /// Publishes a snapshot of the counters through the [`metrics`] facade, to whatever
+    /// recorder the application installed (feature `metrics`; the crate has no exporter of
+    /// its own). Call it periodically (each scrape, or every few seconds from a task);
+    /// [`shutdown`](Pipeline::shutdown) calls it once more with the final counts.
+    ///
+    /// Every metric carries the label `pipeline` = the [name](PipelineBuilder::name):
+    ///
+    /// | name | kind | unit |
+    /// |---|---|---|
+    /// | `backpressure_pipeline_produced_total` | counter | items pushed while open |
+    /// | `backpressure_pipeline_processed_total` | counter | items |
+    /// | `backpressure_pipeline_failed_total` | counter | items |
+    /// | `backpressure_pipeline_dropped_total` | counter | items shed or evicted by the policy |
+    /// | `backpressure_pipeline_expired_total` | counter | items shed at the exit for their queue delay |
+    /// | `backpressure_pipeline_panicked_total` | counter | items |
+    /// | `backpressure_pipeline_retried_total` | counter | attempts |
+    /// | `backpressure_pipeline_restarts_total` | counter | worker states rebuilt |
+    /// | `backpressure_pipeline_depth` | gauge | items in the queue |
+    /// | `backpressure_pipeline_time_full_seconds` | gauge | seconds the queue was full, in total |
+    /// | `backpressure_pipeline_oldest_age_seconds` | gauge | seconds (stamped pipelines only) |
+    /// | `backpressure_pipeline_queue_delay_p99_seconds` | gauge | seconds, upper bound of the p99 since the start (stamped pipelines only) |
+    /// | `backpressure_pipeline_overloaded` | gauge | 1 while CoDel is dropping, else 0 |
+    /// | `backpressure_pipeline_pressure_high` | gauge | 1 while the pressure level is high (with watermarks only), else 0 |
+    ///
+    /// Counters are set to the pipeline's totals (`absolute`), so calling this often or
+    /// seldom changes no value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(64, Policy::DropNewest)
+    ///     .name("ingest")
+    ///     .spawn(SmolSpawner::new(), |_: u32| async {})?;
+    /// pipeline.record_metrics(); // a no-op until a recorder is installed
+    /// # pipeline.shutdown().await;
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn record_metrics(&self) {
+        self.shared.record_metrics();
+    }
+
     /// Whether intake has stopped: shutdown began, the parent fired (a token cancelled, a
     /// future completed), a panic stopped the pipeline ([`OnPanic::StopPipeline`]), or no
     /// worker could start ([`StopCause::NoWorkers`]); each closes the queue at once.
@@ -545,7 +592,7 @@ impl<T: Send + 'static> Pipeline<T> {
 
     /// Takes what is left (in the queue, and parked for a retry) to hand it back, computes
     /// the report once (invariant 3), and only then runs user code: the `tracing`
-    /// subscriber's summary.
+    /// subscriber's summary, and the `metrics` recorder.
     fn finish(&self) -> Report {
         let mut state = self.lock_state();
         if let Some(report) = &state.report {
@@ -571,6 +618,8 @@ impl<T: Send + 'static> Pipeline<T> {
         // and then the panic reaches this caller, while later calls return the report.
         #[cfg(feature = "tracing")]
         self.shared.shed_log.finish();
+        #[cfg(feature = "metrics")]
+        self.shared.record_metrics();
         report
     }
 
@@ -685,6 +734,7 @@ impl<T> Drop for Pipeline<T> {
 impl<T> fmt::Debug for Pipeline<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
+            .field("name", &self.shared.name)
             .field("queue", &self.shared.queue)
             .field("deadline", &self.deadline)
             .field("grace", &self.grace)

@@ -72,6 +72,7 @@ pub struct PipelineBuilder<T, H = NoErrorHooks> {
     timing: Timing,
     measure_delay: bool,
     watermarks: Option<(usize, usize)>,
+    name: String,
     on_panic: OnPanic,
     retry: Retry,
     start_retry: Retry,
@@ -416,6 +417,29 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         self
     }
 
+    /// Names the pipeline (default `"pipeline"`): its `Debug` output shows the name, and with
+    /// the `metrics` feature it is the `pipeline` label of every exported metric (see
+    /// `Pipeline::record_metrics`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(8, Policy::Block)
+    ///     .name("thumbnails")
+    ///     .spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// assert!(format!("{pipeline:?}").contains("thumbnails"));
+    /// # pipeline.shutdown().await;
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Chooses what a panic in the worker does (default [`OnPanic::Isolate`]).
     ///
     /// # Examples
@@ -667,6 +691,7 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             timing: self.timing,
             measure_delay: self.measure_delay,
             watermarks: self.watermarks,
+            name: self.name,
             on_panic: self.on_panic,
             retry: self.retry,
             start_retry: self.start_retry,
@@ -984,6 +1009,7 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         );
         shared.on_expired = self.on_expired;
         shared.pressure = pressure;
+        shared.name = self.name;
         let shared = Arc::new(shared);
         // Every stop releases every waiter at once: whoever cancels the stop token (shutdown,
         // the parent, a stop from inside, a dropped pipeline), the queue closes in that call.
@@ -1047,6 +1073,7 @@ impl<T, H> fmt::Debug for PipelineBuilder<T, H> {
             .field("codel", &self.timing.codel)
             .field("measure_queue_delay", &self.measure_delay)
             .field("watermarks", &self.watermarks)
+            .field("name", &self.name)
             .field("on_expired", &self.on_expired.as_ref().map(|_| ".."))
             .field("on_panic", &self.on_panic)
             .field("retry", &self.retry)
@@ -1071,6 +1098,7 @@ impl<T> PipelineBuilder<T> {
             timing: Timing::default(),
             measure_delay: false,
             watermarks: None,
+            name: String::from("pipeline"),
             on_panic: OnPanic::Isolate,
             retry: Retry::never(),
             start_retry: Retry::attempts(5),

@@ -50,6 +50,8 @@ pub(super) struct Shared<T> {
     pub(super) on_expired: Option<ExpiredHook<T>>,
     /// The watermarks' level, when configured.
     pub(super) pressure: Option<Arc<PressureCell>>,
+    /// The pipeline's name (its `Debug`, and the metrics' label).
+    pub(super) name: String,
     /// What stopped the pipeline first (`StopCause` as `cause_code`; 0 until then).
     cause: AtomicU8,
     #[cfg(feature = "tracing")]
@@ -80,6 +82,7 @@ impl<T> Shared<T> {
             on_shed,
             on_expired: None,
             pressure: None,
+            name: String::new(),
             cause: AtomicU8::new(0),
             #[cfg(feature = "tracing")]
             shed_log: crate::shed_log::ShedLog::new(),
@@ -227,6 +230,16 @@ impl<T> Shared<T> {
         // After the counters: a separate look, under the lock again, only when stamped.
         (stats.oldest_age, stats.queue_delay, stats.overloaded) = self.queue.delays();
         stats
+    }
+
+    /// Publishes a snapshot through the `metrics` facade (`export.rs`).
+    #[cfg(feature = "metrics")]
+    pub(super) fn record_metrics(&self) {
+        let level = self
+            .pressure
+            .clone()
+            .map(|cell| crate::Pressure::new(cell).level());
+        crate::export::record(&self.name, &self.stats(), level);
     }
 
     /// Whether items are left to process: in the queue, or in a worker's hands.
