@@ -42,6 +42,19 @@ use std::time::{Duration, Instant};
 /// An item CoDel sheds is handed to [`on_expired`](crate::PipelineBuilder::on_expired) with
 /// [`Expired::Codel`] and counted in `expired`.
 ///
+/// # When CoDel alone is not enough
+///
+/// The control law is gentle by design: it sheds `sqrt(count) / interval` items per second,
+/// about 125 in the first two seconds with the defaults. That is enough for a producer that
+/// slows down when its items are shed (TCP does; so does a client that backs off on a
+/// "too late" answer), which is the case CoDel was made for. A producer that keeps pushing
+/// at twice what the workers can do refills each shed slot at once, and the backlog stays:
+/// `examples/stall.rs` measures it (BENCHMARKS.md, "Recovery after a stall"): plain CoDel
+/// recovers no sooner than FIFO there, while CoDel with [`lifo`](Codel::lifo) serves fresh
+/// items at once and recovers within 20 ms at any capacity. For such producers use
+/// `lifo(true)`, and add a [`max_age`](crate::PipelineBuilder::max_age) to clear the stale
+/// items LIFO leaves behind, or use `max_age` alone.
+///
 /// # Examples
 ///
 /// ```
@@ -266,6 +279,26 @@ impl DelayHistogram {
         unreachable!("the rank is at most the total")
     }
 
+    /// The delays recorded since `earlier`, an earlier snapshot of the same histogram: the
+    /// queue delay over a window of time (say, since the last scrape), where the histogram
+    /// itself counts since the start. Saturates at zero if `earlier` is not earlier.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::DelayHistogram;
+    ///
+    /// let start = DelayHistogram::default();
+    /// assert_eq!(start.since(&start).count(), 0);
+    /// ```
+    pub fn since(&self, earlier: &DelayHistogram) -> DelayHistogram {
+        let mut window = *self;
+        for (count, before) in window.counts.iter_mut().zip(earlier.counts) {
+            *count = count.saturating_sub(before);
+        }
+        window
+    }
+
     /// The buckets with at least one delay, as `(upper edge, count)`, shortest first. The
     /// last bucket's upper edge is `Duration::MAX`.
     ///
@@ -454,8 +487,13 @@ mod tests {
         assert_eq!(h.quantile(0.5), Some(Duration::from_micros(2)));
         assert_eq!(h.quantile(0.75), Some(Duration::from_micros(4)));
         assert_eq!(h.quantile(1.0), Some(Duration::from_micros(1024)));
+        let before = h;
         h.record(Duration::MAX);
         assert_eq!(h.quantile(1.0), Some(Duration::MAX));
+        let window = h.since(&before);
+        assert_eq!(window.count(), 1);
+        assert_eq!(window.quantile(0.0), Some(Duration::MAX));
+        assert_eq!(before.since(&h).count(), 0, "saturates");
     }
 
     /// A scripted trace, checked step by step against RFC 8289's pseudocode by hand.

@@ -13,7 +13,8 @@
 //! - [`Pipeline`]: N workers on any runtime through a [`Spawner`], and a structured
 //!   [`shutdown`](Pipeline::shutdown) (stop intake → close → drain → deadline → cancel →
 //!   abort → join every worker) whose [`Report`] satisfies
-//!   `produced == processed + failed + dropped + abandoned + panicked` on every path, and
+//!   `produced == processed + failed + dropped + expired + abandoned + panicked` on every
+//!   path, and
 //!   which hands back what was accepted but not processed
 //!   ([`take_leftovers`](Pipeline::take_leftovers)).
 //! - Workers that real services need: fallible work (`Result<(), E>`, or an [`Outcome`] that
@@ -23,6 +24,11 @@
 //!   panic ([`OnPanic::Restart`]), any [`StopSignal`] as parent (a token, or any future),
 //!   and [batch workers](PipelineBuilder::spawn_batched) whose [`Batch`] closes at a size
 //!   or after a wait.
+//! - Shedding by queue delay, at the exit: a [maximum age](PipelineBuilder::max_age) (TTL)
+//!   and [CoDel](Codel) with adaptive LIFO, on the spawner's clock ([`Spawner::now`]), each
+//!   shed item handed to [`on_expired`](PipelineBuilder::on_expired) with why ([`Expired`]);
+//!   queue delays in [`Stats`] ([`DelayHistogram`]), and [watermarks](PipelineBuilder::watermarks)
+//!   as an awaitable [`Pressure`] signal.
 //! - Loss you can see while it happens: live [`Stats`] from the pipeline or any
 //!   [`Producer`] handle, a hook called with each shed item
 //!   ([`on_shed`](PipelineBuilder::on_shed)), and with the `tracing` feature one warning when
@@ -74,6 +80,8 @@
 //! - `tokio`: `TokioSpawner`, for a tokio runtime with its timer enabled.
 //! - `async-std`: `AsyncStdSpawner` (async-std is discontinued upstream; smol succeeds it).
 //! - `tracing`: rate-limited log lines when a pipeline starts and stops shedding.
+//! - `metrics`: `Pipeline::record_metrics`, the counters and gauges through the `metrics`
+//!   facade (no exporter of its own).
 //!
 //! Without a runtime feature the crate builds on `event-listener` and the small `futures-*`
 //! crates only; bring your own [`Spawner`].
