@@ -467,6 +467,56 @@ async fn watermarks_fire_once_per_crossing(sp: Sp) {
     );
 }
 
+/// A stress loop for the signal's check → listen → check: producers and workers race the
+/// length up and down across both marks while a watcher awaits each change; a lost wake-up
+/// would leave it waiting (the watchdog fails the test), and it must end with the last
+/// level, after the close.
+async fn the_pressure_watcher_never_misses_the_last_crossing(sp: Sp) {
+    let mut all_crossings = 0;
+    for round in 0..common::iterations(20) {
+        let pipeline = Pipeline::builder(32, Policy::Block)
+            .workers(2)
+            .watermarks(24, 8)
+            .spawn(sp.clone(), |_: u32| async {
+                // Slow enough for the queue to fill now and then.
+                for _ in 0..4 {
+                    common::yield_now().await;
+                }
+            })
+            .unwrap();
+        let mut pressure = pipeline.pressure().unwrap();
+        let watcher = common::spawn(&sp, async move {
+            let mut last = None;
+            let mut reports = 0u64;
+            while let Some(level) = pressure.changed().await {
+                last = Some(level);
+                reports += 1;
+            }
+            (last, reports, pressure.crossings())
+        });
+        for id in 0..2_000 {
+            let _ = pipeline.push(id).await;
+            if id % 97 == 0 {
+                common::idle().await; // let the workers drain below the low mark
+            }
+        }
+        let report = pipeline.shutdown().await;
+        assert!(report.is_conserved(), "{report}");
+        let (last, reports, crossings) = watcher.await.expect("the watcher ends");
+        assert!(reports <= crossings, "round {round}");
+        all_crossings += crossings;
+        if crossings > 0 {
+            let level = if crossings % 2 == 1 {
+                PressureLevel::High
+            } else {
+                PressureLevel::Normal
+            };
+            assert_eq!(last, Some(level), "round {round}: {crossings} crossings");
+        }
+    }
+    assert!(all_crossings > 0, "the loop crossed the marks");
+}
+
 // Configuration, and what a pipeline without time features does.
 
 async fn bad_settings_are_refused(sp: Sp) {
@@ -590,6 +640,7 @@ on_every_runtime!(
     codel_enters_drops_and_leaves_on_a_scripted_trace,
     codel_lifo_serves_the_newest_while_dropping,
     watermarks_fire_once_per_crossing,
+    the_pressure_watcher_never_misses_the_last_crossing,
     bad_settings_are_refused,
     without_time_features_no_clock_is_read,
     the_manual_clock_is_the_pipelines_clock,
