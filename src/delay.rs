@@ -224,12 +224,15 @@ const BUCKETS: usize = 32;
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DelayHistogram {
     counts: [u64; BUCKETS],
+    /// The longest delay recorded: the last bucket's upper edge, and a bound for all.
+    max: Duration,
 }
 
 impl DelayHistogram {
     pub(crate) const fn new() -> DelayHistogram {
         DelayHistogram {
             counts: [0; BUCKETS],
+            max: Duration::ZERO,
         }
     }
 
@@ -242,6 +245,7 @@ impl DelayHistogram {
             (1 + micros.ilog2() as usize).min(BUCKETS - 1)
         };
         self.counts[bucket] += 1;
+        self.max = self.max.max(delay);
     }
 
     /// How many delays were recorded (items served).
@@ -250,9 +254,10 @@ impl DelayHistogram {
     }
 
     /// An upper bound for the `q`-quantile of the delays (`q` in 0.0..=1.0, clamped): the
-    /// upper edge of the bucket that holds it, so the true value is at most this and more
-    /// than half of it. `None` when nothing was recorded. The last bucket has no upper edge;
-    /// its quantiles are reported as `Duration::MAX`.
+    /// upper edge of the bucket that holds it, or the longest delay recorded if that is
+    /// less, so the true value is at most this and more than half of it. `None` when nothing
+    /// was recorded. (The last bucket, from 2^30 µs on, has no edge of its own: its
+    /// quantiles are the longest delay.)
     ///
     /// # Examples
     ///
@@ -273,7 +278,7 @@ impl DelayHistogram {
         for (bucket, &count) in self.counts.iter().enumerate() {
             seen += count;
             if seen >= rank {
-                return Some(upper_edge(bucket));
+                return Some(upper_edge(bucket).min(self.max));
             }
         }
         unreachable!("the rank is at most the total")
@@ -281,7 +286,8 @@ impl DelayHistogram {
 
     /// The delays recorded since `earlier`, an earlier snapshot of the same histogram: the
     /// queue delay over a window of time (say, since the last scrape), where the histogram
-    /// itself counts since the start. Saturates at zero if `earlier` is not earlier.
+    /// itself counts since the start. Saturates at zero if `earlier` is not earlier. The
+    /// longest delay it bounds its quantiles with is still the one since the start.
     ///
     /// # Examples
     ///
@@ -297,6 +303,19 @@ impl DelayHistogram {
             *count = count.saturating_sub(before);
         }
         window
+    }
+
+    /// The longest delay recorded, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::DelayHistogram;
+    ///
+    /// assert_eq!(DelayHistogram::default().max(), None);
+    /// ```
+    pub fn max(&self) -> Option<Duration> {
+        (self.count() > 0).then_some(self.max)
     }
 
     /// The buckets with at least one delay, as `(upper edge, count)`, shortest first. The
@@ -340,6 +359,7 @@ impl fmt::Debug for DelayHistogram {
             .field("count", &self.count())
             .field("p50", &self.quantile(0.5))
             .field("p99", &self.quantile(0.99))
+            .field("max", &self.max())
             .finish()
     }
 }
@@ -486,13 +506,15 @@ mod tests {
         assert_eq!(h.quantile(0.0), Some(Duration::from_micros(1)));
         assert_eq!(h.quantile(0.5), Some(Duration::from_micros(2)));
         assert_eq!(h.quantile(0.75), Some(Duration::from_micros(4)));
-        assert_eq!(h.quantile(1.0), Some(Duration::from_micros(1024)));
+        // The top bucket is [512, 1024) µs, bounded by the longest delay, 1000 µs.
+        assert_eq!(h.quantile(1.0), Some(Duration::from_micros(1000)));
         let before = h;
-        h.record(Duration::MAX);
-        assert_eq!(h.quantile(1.0), Some(Duration::MAX));
+        h.record(Duration::from_secs(1200)); // 20 minutes: the last bucket
+        assert_eq!(h.quantile(1.0), Some(Duration::from_secs(1200)));
+        assert_eq!(h.max(), Some(Duration::from_secs(1200)));
         let window = h.since(&before);
         assert_eq!(window.count(), 1);
-        assert_eq!(window.quantile(0.0), Some(Duration::MAX));
+        assert_eq!(window.quantile(0.0), Some(Duration::from_secs(1200)));
         assert_eq!(before.since(&h).count(), 0, "saturates");
     }
 

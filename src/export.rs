@@ -44,10 +44,10 @@ const COUNTERS: [(&str, &str); 8] = [
     ),
 ];
 
-/// Describes the metrics once per process (descriptions are idempotent in the facade).
+/// Describes the metrics to the current recorder, on every call: a recorder installed after
+/// an earlier call gets them too (descriptions are idempotent in the facade).
 fn describe() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
+    {
         for (name, help) in COUNTERS {
             describe_counter!(name, Unit::Count, help);
         }
@@ -81,7 +81,7 @@ fn describe() {
             Unit::Count,
             "1 while the pressure level is high (watermarks), else 0"
         );
-    });
+    }
 }
 
 /// Records `stats` (and the pressure level, if watched) under the label `pipeline = name`.

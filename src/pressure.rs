@@ -50,9 +50,11 @@ impl PressureLevel {
 /// [`watermarks`](crate::PipelineBuilder::watermarks) configured).
 ///
 /// Each handle remembers the last crossing it reported, so [`changed`](Pressure::changed)
-/// resolves once per crossing that happened since. A watcher that is slow to look sees the
-/// latest level, as a `tokio::sync::watch` receiver sees the latest value; the crossing count
-/// ([`crossings`](Pressure::crossings)) says how many it did not see. Clone it to watch from
+/// resolves when a crossing has happened since, and never twice for one. A watcher that is
+/// slow to look gets the crossings it missed merged into one report of the latest level, as
+/// a `tokio::sync::watch` receiver sees the latest value (so it may report the same level
+/// twice in a row, after a crossing there and back); the crossing count
+/// ([`crossings`](Pressure::crossings)) says how many there were. Clone it to watch from
 /// several tasks; each clone remembers on its own.
 ///
 /// Typical uses: pause an upstream reader (a socket, a broker subscription) while the level

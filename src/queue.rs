@@ -857,15 +857,15 @@ impl<T> Queue<T> {
             let mut after = WakeAfterUnlock::default();
             let mut inner = self.lock();
             if inner.buf.is_empty() {
+                if let Some(timed) = &mut inner.timed {
+                    timed.on_empty();
+                }
                 if self.is_closed() {
                     // Empty is final (invariant 4).
                     after.leave(inner.poppers.leave(ticket));
                     drop(inner);
                     after.wake();
                     return Poll::Ready(None);
-                }
-                if let Some(timed) = &mut inner.timed {
-                    timed.on_empty();
                 }
                 // A notified popper that finds nothing (another took the item) waits again.
                 if inner.poppers.is_notified(*ticket) {
@@ -1048,7 +1048,8 @@ impl<T> Queue<T> {
     /// length and time spent full.
     ///
     /// Taken under the buffer lock, so its fields agree with each other at one instant:
-    /// `accepted == popped + evicted + len` until items are removed by shutdown, and each
+    /// `accepted == popped + evicted + expired + len` until items are removed by shutdown
+    /// (`expired` is 0 but in a pipeline shedding by queue delay), and each
     /// counter, and `time_full`, never goes backwards from one snapshot to the next.
     ///
     /// # Examples
@@ -1088,6 +1089,7 @@ impl<T> Queue<T> {
         let left = std::mem::take(&mut inner.buf);
         if let Some(timed) = &mut inner.timed {
             timed.stamps.clear();
+            timed.on_empty();
         }
         self.after_change(&mut inner, &mut wake);
         drop(inner);

@@ -52,8 +52,9 @@ pub struct QueueStats {
 /// The same counters as the final [`Report`](crate::Report), read live. The workers'
 /// counters are read first and the queue's after them, in one snapshot under its lock: no
 /// counter goes backwards, and `processed + failed + panicked` never exceeds the items the
-/// workers have taken, so `produced >= processed + failed + dropped + panicked` in every
-/// snapshot.
+/// workers have taken, so `produced >= processed + failed + dropped + expired + panicked`
+/// in every snapshot. The queue-delay fields (`oldest_age`, `queue_delay`, `overloaded`)
+/// come from a second look under the lock, just after.
 ///
 /// # Examples
 ///

@@ -124,8 +124,11 @@ async fn ttl_expires_strictly_after_max_age(sp: Sp) {
     assert_eq!((report.processed, report.expired), (3, 1), "{report}");
     let delays = pipeline.stats().queue_delay.expect("stamped");
     assert_eq!(delays.count(), 3);
-    // 0, 100 ms, 0: the slowest is in the bucket [65.536, 131.072) ms.
-    assert_eq!(delays.quantile(1.0), Some(Duration::from_micros(1 << 17)));
+    // 0, 100 ms, 0: the slowest is in the bucket [65.536, 131.072) ms, bounded by the
+    // longest delay recorded.
+    assert_eq!(delays.quantile(1.0), Some(100 * MS));
+    assert_eq!(delays.quantile(0.9), Some(100 * MS)); // rank 3 of 3
+    assert_eq!(delays.quantile(0.6), Some(Duration::from_micros(1))); // rank 2: 0 µs
     assert_eq!(delays.quantile(0.5), Some(Duration::from_micros(1)));
 }
 
@@ -625,8 +628,10 @@ async fn the_manual_clock_is_the_pipelines_clock(sp: Sp) {
     assert_law(&report);
     let delays = pipeline.stats().queue_delay.unwrap();
     assert_eq!(delays.count(), 2);
-    // 30 s = 30 000 000 µs: in [2^24, 2^25) µs.
-    assert_eq!(delays.quantile(1.0), Some(Duration::from_micros(1 << 25)));
+    // 30 s = 30 000 000 µs: in [2^24, 2^25) µs, bounded by the longest, 30 s; the other
+    // (0 µs) in the first bucket.
+    assert_eq!(delays.quantile(1.0), Some(Duration::from_secs(30)));
+    assert_eq!(delays.quantile(0.5), Some(Duration::from_micros(1)));
 }
 
 on_every_runtime!(

@@ -326,7 +326,8 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// Stamps every item, to measure queue delays ([`Stats::oldest_age`] and
     /// [`Stats::queue_delay`]) without shedding by them. Implied by
     /// [`max_age`](Self::max_age) and [`codel`](Self::codel). Costs a read of the spawner's
-    /// clock per push and per take.
+    /// clock per push (per poll of a waiting `Block` push), per take, and per `stats()`,
+    /// and `stats()` then scans the stamps for the oldest (bounded by the capacity).
     ///
     /// [`Stats::oldest_age`]: crate::Stats::oldest_age
     /// [`Stats::queue_delay`]: crate::Stats::queue_delay

@@ -140,13 +140,12 @@ impl Timed {
         item.expect("a stamp for every item (invariant 1)")
     }
 
-    /// The age of the oldest item at `now`, if any.
+    /// The age of the oldest item at `now`, if any: one pass over the stamps (under the
+    /// lock; a snapshot's cost, bounded by the capacity).
     pub(super) fn oldest_age(&self, now: Instant) -> Option<Duration> {
         // Invariant 2: the oldest stamp, wherever it sits.
         self.stamps
             .iter()
-            .take(1)
-            .chain(self.stamps.back())
             .min()
             .map(|&stamp| now.saturating_duration_since(stamp))
     }
