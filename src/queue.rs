@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use self::futures::TakeTimed;
 pub use self::futures::{Pop, PopMany, Push};
-use self::timed::{Marks, Timed};
+use self::timed::{Extras, Marks, Timed};
 pub(crate) use self::timed::{PressureCell, Taken, Timing};
 pub(crate) use self::waiters::Ticket;
 use self::waiters::{Left, NeedsWaker, WaitList};
@@ -142,17 +142,26 @@ struct Inner<T> {
     /// Items taken out by poppers (not by `take_all`).
     popped: u64,
     meter: Meter,
-    /// Stamps, maximum age, CoDel and delays, when configured (`timed.rs`).
-    timed: Option<Box<Timed>>,
-    /// The pressure watermarks, when configured.
-    marks: Option<Marks>,
+    /// Stamps, maximum age, CoDel, delays and the watermarks, when configured
+    /// (`timed.rs`): one field, so a queue without them pays one test per change.
+    extras: Option<Box<Extras>>,
 }
 
 impl<T> Inner<T> {
+    /// The oldest item, served, with its stamp (`pop_front`: no `Drain` for one item).
+    #[inline]
+    fn take_one(&mut self) -> Option<T> {
+        self.popped += 1;
+        if let Some(timed) = self.timed() {
+            timed.stamps.pop_front();
+        }
+        self.buf.pop_front()
+    }
+
     /// The oldest `n` items (1 ≤ n ≤ len), served in order, with their stamps.
     fn take_front(&mut self, n: usize) -> std::collections::vec_deque::Drain<'_, T> {
         self.popped += n as u64;
-        if let Some(timed) = &mut self.timed {
+        if let Some(timed) = self.timed() {
             timed.stamps.drain(..n);
         }
         self.buf.drain(..n)
@@ -160,11 +169,23 @@ impl<T> Inner<T> {
 
     /// Up to `limit` items served, and those shed at the exit, at `now` (`timed.rs`).
     fn take_timed(&mut self, limit: usize, now: Instant) -> Taken<T> {
-        let Inner { buf, timed, .. } = self;
-        let timed = timed.as_mut().expect("a timed take from a timed queue");
+        let Inner { buf, extras, .. } = self;
+        let timed = extras
+            .as_deref_mut()
+            .and_then(|extras| extras.timed.as_mut())
+            .expect("a timed take from a timed queue");
         let (taken, served) = timed.take(buf, limit, now);
         self.popped += served;
         taken
+    }
+
+    /// The time-based state, if configured.
+    fn timed(&mut self) -> Option<&mut Timed> {
+        self.extras.as_deref_mut()?.timed.as_mut()
+    }
+
+    fn timed_ref(&self) -> Option<&Timed> {
+        self.extras.as_deref()?.timed.as_ref()
     }
 }
 
@@ -179,8 +200,6 @@ pub(crate) struct WakeAfterUnlock {
     /// at most per critical section but for the rarest paths, so no allocation).
     drop: Option<Waker>,
     drop_more: Vec<Waker>,
-    /// A pressure mark was crossed: notify its watchers.
-    pressure: Option<Arc<PressureCell>>,
 }
 
 /// How a wait under the lock ended.
@@ -202,6 +221,7 @@ impl WakeAfterUnlock {
     }
 
     /// Keeps the waker of a ticket that left its line, to drop it after unlocking.
+    #[inline]
     fn leave(&mut self, left: Option<Left>) {
         if let Some(Left::Waiting(waker)) = left {
             self.discard(waker);
@@ -237,9 +257,6 @@ impl WakeAfterUnlock {
         }
         drop(self.drop);
         drop(self.drop_more);
-        if let Some(cell) = self.pressure {
-            cell.event.notify(usize::MAX);
-        }
     }
 }
 
@@ -284,8 +301,7 @@ impl<T> Queue<T> {
                 evicted: 0,
                 popped: 0,
                 meter: Meter::new(),
-                timed: None,
-                marks: None,
+                extras: None,
             }),
             copies: CacheLine(Copies {
                 len: AtomicUsize::new(0),
@@ -302,14 +318,14 @@ impl<T> Queue<T> {
     /// shared).
     pub(crate) fn set_timing(&mut self, clock: Arc<dyn Spawner>, timing: Timing) {
         self.clock = Some(clock);
-        self.lock().timed = Some(Box::new(Timed::new(timing)));
+        self.lock().extras.get_or_insert_with(Box::default).timed = Some(Timed::new(timing));
     }
 
     /// Watches the length against a high and a low mark (before the queue is shared).
     pub(crate) fn set_marks(&mut self, high: usize, low: usize) -> Arc<PressureCell> {
         let marks = Marks::new(high, low);
         let cell = marks.cell.clone();
-        self.lock().marks = Some(marks);
+        self.lock().extras.get_or_insert_with(Box::default).marks = Some(marks);
         cell
     }
 
@@ -331,7 +347,7 @@ impl<T> Queue<T> {
             return (None, None, false);
         };
         let inner = self.lock();
-        match &inner.timed {
+        match inner.timed_ref() {
             Some(timed) => (
                 Some(timed.oldest_age(now).unwrap_or_default()),
                 Some(timed.delays),
@@ -402,6 +418,7 @@ impl<T> Queue<T> {
     /// assert_eq!(queue.try_push(2), PushOutcome::Full(2));
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// ```
+    #[inline]
     pub fn try_push(&self, item: T) -> PushOutcome<T> {
         let item = match self.shed_if_full(item) {
             Ok(item) => item,
@@ -547,6 +564,7 @@ impl<T> Queue<T> {
 
     /// Applies the policy with the buffer lock held. Under `Block` a full queue gives
     /// [`PushOutcome::Full`]; [`push`](Queue::push) waits instead of calling this.
+    #[inline]
     fn push_locked(
         &self,
         inner: &mut Inner<T>,
@@ -576,7 +594,7 @@ impl<T> Queue<T> {
                 match inner.buf.pop_front() {
                     Some(oldest) => {
                         inner.buf.push_back(item);
-                        if let (Some(timed), Some(now)) = (&mut inner.timed, now) {
+                        if let (Some(timed), Some(now)) = (inner.timed(), now) {
                             timed.stamps.pop_front();
                             timed.stamps.push_back(now);
                         }
@@ -595,6 +613,7 @@ impl<T> Queue<T> {
     }
 
     /// Adds `item` to a buffer with room and takes one popper out of line (invariant 2).
+    #[inline]
     fn enqueue(
         &self,
         inner: &mut Inner<T>,
@@ -603,8 +622,11 @@ impl<T> Queue<T> {
         wake: &mut WakeAfterUnlock,
     ) {
         inner.buf.push_back(item);
-        if let (Some(timed), Some(now)) = (&mut inner.timed, now) {
-            timed.stamps.push_back(now);
+        // `now` is `None` unless the queue is timed: no load on the plain path.
+        if let Some(now) = now {
+            if let Some(timed) = inner.timed() {
+                timed.stamps.push_back(now);
+            }
         }
         inner.accepted += 1;
         self.after_change(inner, wake);
@@ -614,15 +636,15 @@ impl<T> Queue<T> {
     }
 
     /// Under the lock, after the buffer's length changed: the lock-free copy and the gauges.
+    #[inline]
     fn after_change(&self, inner: &mut Inner<T>, wake: &mut WakeAfterUnlock) {
         let len = inner.buf.len();
         // Relaxed: a copy for lock-free readers (invariant 6); the lock orders the buffer.
         self.copies.0.len.store(len, Ordering::Relaxed);
         inner.meter.update(len, self.capacity);
-        if let Some(marks) = &mut inner.marks {
-            if marks.update(len) {
-                wake.pressure = Some(marks.cell.clone());
-            }
+        if let Some(marks) = inner.extras.as_deref_mut().and_then(|x| x.marks.as_mut()) {
+            // A crossing wakes the watchers after unlocking, as any waker is.
+            wake.add(marks.update(len));
         }
     }
 
@@ -843,6 +865,7 @@ impl<T> Queue<T> {
     /// Takes out what `take` takes from a non-empty buffer (given `limit` clamped to
     /// 1..=len; it counts what it serves in `popped` and what it sheds in `expired`), or
     /// joins the poppers' line. `Ready(None)` when the queue is closed and empty.
+    #[inline]
     fn poll_take<R>(
         &self,
         cx: &mut Context<'_>,
@@ -857,7 +880,7 @@ impl<T> Queue<T> {
             let mut after = WakeAfterUnlock::default();
             let mut inner = self.lock();
             if inner.buf.is_empty() {
-                if let Some(timed) = &mut inner.timed {
+                if let Some(timed) = inner.timed() {
                     timed.on_empty();
                 }
                 if self.is_closed() {
@@ -906,12 +929,13 @@ impl<T> Queue<T> {
     }
 
     /// Takes the oldest item, or joins the poppers' line: [`Pop`]'s poll, and the stream's.
+    #[inline]
     pub(crate) fn poll_pop(
         &self,
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
     ) -> Poll<Option<T>> {
-        self.poll_take(cx, ticket, 1, |inner, n| inner.take_front(n).next())
+        self.poll_take(cx, ticket, 1, |inner, _| inner.take_one())
             .map(Option::flatten)
     }
 
@@ -957,13 +981,12 @@ impl<T> Queue<T> {
         let mut wakers = inner.poppers.notify_all();
         wakers.extend(inner.producers.notify_all());
         // The marks stop with intake, under the lock: no crossing follows the flag.
-        let pressure = inner.marks.as_mut().map(Marks::close);
+        if let Some(marks) = inner.extras.as_deref_mut().and_then(|x| x.marks.as_mut()) {
+            wakers.push(marks.close());
+        }
         drop(inner);
         for waker in wakers {
             waker.wake();
-        }
-        if let Some(cell) = pressure {
-            cell.event.notify(usize::MAX);
         }
         true
     }
@@ -1071,7 +1094,7 @@ impl<T> Queue<T> {
             // Acquire: sheds counted without the lock before this instant (invariant 5).
             shed: self.state.0.load(Ordering::Acquire) & !CLOSED,
             evicted: inner.evicted,
-            expired: inner.timed.as_ref().map_or(0, |timed| timed.expired),
+            expired: inner.timed_ref().map_or(0, |timed| timed.expired),
             popped: inner.popped,
             len: inner.buf.len(),
             peak_len: inner.meter.peak(),
@@ -1087,7 +1110,7 @@ impl<T> Queue<T> {
         let mut wake = WakeAfterUnlock::default();
         let mut inner = self.lock();
         let left = std::mem::take(&mut inner.buf);
-        if let Some(timed) = &mut inner.timed {
+        if let Some(timed) = inner.timed() {
             timed.stamps.clear();
             timed.on_empty();
         }

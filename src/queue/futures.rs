@@ -137,6 +137,7 @@ impl<'a, T> Pop<'a, T> {
 impl<T> Future for Pop<'_, T> {
     type Output = Option<T>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let this = self.get_mut();
         this.queue.poll_pop(cx, &mut this.ticket)

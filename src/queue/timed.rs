@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
@@ -28,6 +29,14 @@ use crate::sync::{AtomicBool, AtomicU64, Ordering};
 pub(crate) struct Timing {
     pub(crate) max_age: Option<Duration>,
     pub(crate) codel: Option<Codel>,
+}
+
+/// What a queue has beyond the plain buffer, when configured: one box behind one field, so
+/// a queue without any pays a single test per change.
+#[derive(Debug, Default)]
+pub(super) struct Extras {
+    pub(super) timed: Option<Timed>,
+    pub(super) marks: Option<Marks>,
 }
 
 /// Under the buffer lock.
@@ -175,6 +184,18 @@ pub(crate) struct PressureCell {
     pub(crate) event: Event,
 }
 
+/// The cell as a waker: the queue wakes it, after unlocking, as it wakes any waiter, and
+/// waking it notifies every watcher.
+impl Wake for PressureCell {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.event.notify(usize::MAX);
+    }
+}
+
 impl Marks {
     pub(super) fn new(high_mark: usize, low_mark: usize) -> Marks {
         Marks {
@@ -186,11 +207,11 @@ impl Marks {
         }
     }
 
-    /// Under the lock, after the length changed to `len`: whether it crossed a mark (the
-    /// caller notifies after unlocking).
-    pub(super) fn update(&mut self, len: usize) -> bool {
+    /// Under the lock, after the length changed to `len`: if it crossed a mark, a waker
+    /// that notifies the watchers, for the caller to wake after unlocking.
+    pub(super) fn update(&mut self, len: usize) -> Option<Waker> {
         if self.closed {
-            return false;
+            return None;
         }
         let crossed = if self.high {
             len <= self.low_mark
@@ -203,15 +224,15 @@ impl Marks {
             // is the count's parity).
             self.cell.crossings.fetch_add(1, Ordering::Release);
         }
-        crossed
+        crossed.then(|| Waker::from(self.cell.clone()))
     }
 
     /// Under the lock, when the queue closes: no crossing after this one (the draining
     /// backlog does not count), and the handles are told.
-    pub(super) fn close(&mut self) -> Arc<PressureCell> {
+    pub(super) fn close(&mut self) -> Waker {
         self.closed = true;
         // Release: a handle that sees the flag sees every crossing, all made before it.
         self.cell.closed.store(true, Ordering::Release);
-        self.cell.clone()
+        Waker::from(self.cell.clone())
     }
 }
