@@ -12,7 +12,7 @@
 //! ratio compares medians taken in the same process run. With `--runs N` the whole suite runs
 //! N times and a final table gives the median over the runs of each run's median and ratio.
 //!
-//! Options: `--runs N`, `--reps N`, `--only S1,S2,S3,S4,S5,S5B,MEM,SD`, `--svg PATH` (writes the
+//! Options: `--runs N`, `--reps N`, `--only S1,S2,S3,S4,S5,S5T,S5B,MEM,SD`, `--svg PATH` (writes the
 //! chart from the final table), `--work-iters N` (fixes the ~1 µs busy work instead of
 //! calibrating it; for profilers, which slow the calibration down too), `--shape TEXT` and
 //! `--variant TEXT` (measure only the shapes / variants whose label contains TEXT, to
@@ -27,6 +27,9 @@
 //! - S4 single thread, uncontended: push without waiting + pop polled once with a no-op waker.
 //! - S5 the whole `Pipeline` (Block, capacity 1024, 4 workers, ~1 µs/item, N items then
 //!   shutdown) vs 4 hand-written tasks reading a bounded async-channel, joined at the end.
+//! - S5T the same pipeline with a time-based feature (`measure_queue_delay`, `max_age`,
+//!   `codel` with LIFO), set so that nothing is shed: the cost of the clock reads, the stamps
+//!   and the delay histogram, vs the pipeline without one.
 //! - S5B the same with batch workers (`spawn_batched`, batches of 1, 16 and 64, `max_wait`
 //!   1 ms), vs the same hand-written pool; and S5L, an item's latency from its push to the
 //!   start of its batch's work (p50, p99) at a steady 100k items/s, which the workers keep
@@ -59,7 +62,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use async_executor::Executor;
-use backpressure_pipeline::{Batch, ExecutorSpawner, Pipeline, Policy, PushOutcome, Queue};
+use backpressure_pipeline::{
+    Batch, Codel, ExecutorSpawner, Pipeline, PipelineBuilder, Policy, PushOutcome, Queue,
+};
 
 // ---------------------------------------------------------------------------------------------
 // The async-lock Mutex copy (comparison only)
@@ -1135,6 +1140,19 @@ fn s5_pipeline() -> f64 {
     })
 }
 
+/// S5T: the pipeline with a time-based feature, whose clock reads and stamps are the cost
+/// (nothing is shed: every item is younger than the age and CoDel's target).
+fn s5_timed(feature: fn(PipelineBuilder<u64>) -> PipelineBuilder<u64>) -> f64 {
+    s5_run(move || {
+        feature(s5_builder())
+            .spawn(ExecutorSpawner::new(ex().clone()), |item: u64| async move {
+                work();
+                black_box(item);
+            })
+            .expect("valid pipeline")
+    })
+}
+
 /// S5's pipeline settings, shared by its one-item and batched rows.
 fn s5_builder<T: Send + 'static>() -> backpressure_pipeline::PipelineBuilder<T> {
     Pipeline::builder(S5_CAPACITY, Policy::Block)
@@ -1791,6 +1809,41 @@ impl Suite {
                         Box::new(s5_pipeline),
                     ),
                     ("hand-written pool", Base::None, Box::new(s5_pool)),
+                ],
+            );
+        }
+        if self.wants("S5T") {
+            self.measure(
+                "S5T Pipeline with time features, cap 1024, 4×1µs",
+                Unit::ItemsPerSec,
+                vec![
+                    (
+                        "measure_queue_delay",
+                        Base::Variant("Pipeline (no time feature)"),
+                        Box::new(|| s5_timed(|b| b.measure_queue_delay())),
+                    ),
+                    (
+                        "max_age 1 h",
+                        Base::Variant("Pipeline (no time feature)"),
+                        Box::new(|| s5_timed(|b| b.max_age(Duration::from_secs(3600)))),
+                    ),
+                    (
+                        "codel 1 s / 10 s, lifo",
+                        Base::Variant("Pipeline (no time feature)"),
+                        Box::new(|| {
+                            s5_timed(|b| {
+                                b.codel(
+                                    Codel::new(Duration::from_secs(1), Duration::from_secs(10))
+                                        .lifo(true),
+                                )
+                            })
+                        }),
+                    ),
+                    (
+                        "Pipeline (no time feature)",
+                        Base::None,
+                        Box::new(s5_pipeline),
+                    ),
                 ],
             );
         }

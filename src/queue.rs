@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 pub(crate) use self::futures::TakeTimed;
 pub use self::futures::{Pop, PopMany, Push};
 use self::timed::{Extras, Marks, Timed};
-pub(crate) use self::timed::{PressureCell, Taken, Timing};
+pub(crate) use self::timed::{PressureCell, Served, Taken, Timing};
 pub(crate) use self::waiters::Ticket;
 use self::waiters::{Left, NeedsWaker, WaitList};
 
@@ -168,7 +168,7 @@ impl<T> Inner<T> {
     }
 
     /// Up to `limit` items served, and those shed at the exit, at `now` (`timed.rs`).
-    fn take_timed(&mut self, limit: usize, now: Instant) -> Taken<T> {
+    fn take_timed<S: Served<T>>(&mut self, limit: usize, now: Instant) -> Taken<T, S> {
         let Inner { buf, extras, .. } = self;
         let timed = extras
             .as_deref_mut()

@@ -27,7 +27,7 @@ fn take_some<T: Send + 'static>(
     Either::Right(async move {
         // Ends: each turn takes at least one item out of a bounded queue, or returns.
         loop {
-            let Some(taken) = TakeTimed::new(&shared.queue, limit).await else {
+            let Some(taken) = TakeTimed::<T, Vec<T>>::new(&shared.queue, limit).await else {
                 return Vec::new();
             };
             shared.expire(taken.shed);
@@ -78,7 +78,16 @@ impl<T: Send + 'static> Source<T> for One {
         if !shared.queue.is_timed() {
             return Either::Left(shared.queue.pop());
         }
-        Either::Right(async move { take_some(shared, 1).await.pop() })
+        // Ends: each turn takes at least one item out of a bounded queue, or returns.
+        Either::Right(async move {
+            loop {
+                let taken = TakeTimed::<T, Option<T>>::new(&shared.queue, 1).await?;
+                shared.expire(taken.shed);
+                if taken.served.is_some() {
+                    return taken.served;
+                }
+            }
+        })
     }
 
     fn count(_: &T) -> u64 {

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::{Queue, Taken, Ticket};
+use super::{Queue, Served, Taken, Ticket};
 use crate::policy::{Policy, PushOutcome};
 
 /// Pushes into a full queue, with no pop in between, after which a producer yields once
@@ -224,26 +224,29 @@ impl<T> fmt::Debug for PopMany<'_, T> {
 ///
 /// Cancel safe, as [`PopMany`]: the items are taken in the poll that returns them.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub(crate) struct TakeTimed<'a, T> {
+pub(crate) struct TakeTimed<'a, T, S> {
     queue: &'a Queue<T>,
     limit: usize,
     ticket: Option<Ticket>,
+    served: std::marker::PhantomData<fn() -> S>,
 }
 
-impl<'a, T> TakeTimed<'a, T> {
+impl<'a, T, S> TakeTimed<'a, T, S> {
+    /// Up to `limit` items served into `S` (`Option<T>` for one, `Vec<T>` for a batch).
     pub(crate) fn new(queue: &'a Queue<T>, limit: usize) -> Self {
         TakeTimed {
             queue,
             limit: limit.max(1),
             ticket: None,
+            served: std::marker::PhantomData,
         }
     }
 }
 
-impl<T> Future for TakeTimed<'_, T> {
-    type Output = Option<Taken<T>>;
+impl<T, S: Served<T>> Future for TakeTimed<'_, T, S> {
+    type Output = Option<Taken<T, S>>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Taken<T>>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Taken<T, S>>> {
         let this = self.get_mut();
         // Read before the lock: the clock is user code.
         let now = this.queue.stamp().expect("a timed take from a timed queue");
@@ -255,7 +258,7 @@ impl<T> Future for TakeTimed<'_, T> {
     }
 }
 
-impl<T> Drop for TakeTimed<'_, T> {
+impl<T, S> Drop for TakeTimed<'_, T, S> {
     fn drop(&mut self) {
         if self.ticket.is_some() {
             self.queue.leave_poppers(&mut self.ticket);

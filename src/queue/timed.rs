@@ -54,9 +54,28 @@ pub(super) struct Timed {
 
 /// What one timed take removed: the items to serve, and those shed with their reasons.
 #[derive(Debug)]
-pub(crate) struct Taken<T> {
-    pub(crate) served: Vec<T>,
+pub(crate) struct Taken<T, S> {
+    pub(crate) served: S,
     pub(crate) shed: Vec<(T, Expired)>,
+}
+
+/// Where a timed take puts the items it serves: one (`Option`, no allocation) or a batch
+/// (`Vec`).
+pub(crate) trait Served<T>: Default {
+    fn put(&mut self, item: T);
+}
+
+impl<T> Served<T> for Option<T> {
+    fn put(&mut self, item: T) {
+        debug_assert!(self.is_none(), "a take for one item serves one");
+        *self = Some(item);
+    }
+}
+
+impl<T> Served<T> for Vec<T> {
+    fn put(&mut self, item: T) {
+        self.push(item);
+    }
 }
 
 impl Timed {
@@ -86,14 +105,14 @@ impl Timed {
     /// Takes up to `limit` items to serve from a non-empty buffer at `now`, shedding on the
     /// way those older than the maximum age and those CoDel drops. Ends when `limit` are
     /// served or the buffer is empty; may serve none (all shed). Bounded by the buffer.
-    pub(super) fn take<T>(
+    pub(super) fn take<T, S: Served<T>>(
         &mut self,
         buf: &mut VecDeque<T>,
         limit: usize,
         now: Instant,
-    ) -> (Taken<T>, u64) {
+    ) -> (Taken<T, S>, u64) {
         let mut taken = Taken {
-            served: Vec::new(),
+            served: S::default(),
             shed: Vec::new(),
         };
         let mut served = 0;
@@ -130,7 +149,7 @@ impl Timed {
             }
             let item = self.pop(buf, back);
             self.delays.record(age);
-            taken.served.push(item);
+            taken.served.put(item);
             served += 1;
         }
         self.expired += taken.shed.len() as u64;
