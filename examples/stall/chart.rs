@@ -209,10 +209,16 @@ fn goodput_panel(
             let ly = y0 + PANEL_H + 50.0 + 14.0 * (legend / 2) as f64;
             let _ = writeln!(
                 out,
-                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{}">{mode}, capacity {cap}</text>"#,
+                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{}">{mode}, capacity {cap}{}</text>"#,
                 lx + 24.0,
                 lx + 30.0,
-                ly + 4.0
+                ly + 4.0,
+                // Lines along the axis hide each other: say so in the legend.
+                if numbers.series.iter().take(windows).all(|&g| g == 0.0) {
+                    " (at 0)"
+                } else {
+                    ""
+                }
             );
             legend += 1;
         }
