@@ -23,7 +23,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::smol::future::yield_now;
-use backpressure_pipeline::{CancellationToken, Pipeline, Policy, PushOutcome, StopCause};
+use backpressure_pipeline::{
+    CancellationToken, Codel, Pipeline, PipelineBuilder, Policy, PushOutcome, StopCause,
+};
 use common::{Live, Sp, Tracked};
 
 /// xorshift64*: cheap, and good enough to pick configurations and latencies.
@@ -84,6 +86,28 @@ struct Config {
     unresponsive_after: Duration,
     /// Seeds each item's latency.
     latency_seed: u64,
+    /// Shedding by queue delay at the exit, if any (on the real clock: some items expire).
+    by_delay: ByDelay,
+}
+
+/// A run's shedding by queue delay.
+#[derive(Debug, Clone, Copy)]
+enum ByDelay {
+    None,
+    MaxAge(Duration),
+    Codel { lifo: bool },
+}
+
+impl ByDelay {
+    fn apply<T: Send + 'static>(self, builder: PipelineBuilder<T>) -> PipelineBuilder<T> {
+        match self {
+            ByDelay::None => builder,
+            ByDelay::MaxAge(age) => builder.max_age(age),
+            ByDelay::Codel { lifo } => builder.codel(
+                Codel::new(Duration::from_micros(20), Duration::from_micros(200)).lifo(lifo),
+            ),
+        }
+    }
 }
 
 impl Config {
@@ -107,6 +131,13 @@ impl Config {
             // still be taking an item: the report must stay exact all the same.
             unresponsive_after: rng.pick(&[Duration::ZERO, Duration::from_secs(60)]),
             latency_seed: rng.next(),
+            by_delay: match rng.below(6) {
+                0 => ByDelay::MaxAge(Duration::from_micros(1 + rng.below(200))),
+                1 => ByDelay::Codel {
+                    lifo: rng.below(2) == 0,
+                },
+                _ => ByDelay::None,
+            },
         }
     }
 }
@@ -215,6 +246,7 @@ struct Totals {
     produced: u64,
     processed: u64,
     dropped: u64,
+    expired: u64,
     abandoned: u64,
     cancelled_runs: u64,
     unresponsive_runs: u64,
@@ -224,7 +256,17 @@ async fn run_once(sp: &Sp, config: Config, rng: &mut Rng, totals: &mut Totals) {
     let live = Live::new();
     let app = CancellationToken::new();
     let processed = Arc::new(AtomicU64::new(0));
-    let pipeline = Pipeline::builder(config.capacity, config.policy)
+    let expired = Arc::new(AtomicU64::new(0));
+    let pipeline = config
+        .by_delay
+        .apply(Pipeline::builder(config.capacity, config.policy))
+        .on_expired({
+            let expired = expired.clone();
+            move |(_, item): (u64, Tracked), _| {
+                drop(item);
+                expired.fetch_add(1, Ordering::Relaxed);
+            }
+        })
         .workers(config.workers)
         .parent(&app)
         .deadline(config.deadline)
@@ -306,12 +348,19 @@ async fn run_once(sp: &Sp, config: Config, rng: &mut Rng, totals: &mut Totals) {
     if config.deadline == Duration::MAX {
         assert_eq!(report.abandoned, 0, "{context}");
     }
+    if let ByDelay::None = config.by_delay {
+        assert_eq!(report.expired, 0, "{context}");
+    }
     drop(pipeline);
     // No worker, item or closure outlives the pipeline.
     live.all_dropped().await;
     // Counted by the workers themselves, now that all have ended: a worker named
     // unresponsive may have finished its item after the report.
     let finished = processed.load(Ordering::Relaxed);
+    // Each expired item went to the hook, before its worker went on.
+    if report.all_joined() {
+        assert_eq!(report.expired, expired.load(Ordering::Relaxed), "{context}");
+    }
     if report.all_joined() {
         assert_eq!(report.processed, finished, "{context}");
     } else {
@@ -323,6 +372,7 @@ async fn run_once(sp: &Sp, config: Config, rng: &mut Rng, totals: &mut Totals) {
     totals.produced += report.produced;
     totals.processed += report.processed;
     totals.dropped += report.dropped;
+    totals.expired += report.expired;
     totals.abandoned += report.abandoned;
 }
 
@@ -347,7 +397,8 @@ async fn soak(sp: Sp) {
     let elapsed = started.elapsed();
     println!(
         "soak on {runtime}: {} runs ({} cancelled, {} with workers named unresponsive), {} \
-         pushes, {} produced = {} processed + {} dropped + {} abandoned; all checked in \
+         pushes, {} produced = {} processed + {} dropped + {} expired + {} abandoned; all \
+         checked in \
          {elapsed:.2?}, {:.0} items/s",
         totals.runs,
         totals.cancelled_runs,
@@ -356,6 +407,7 @@ async fn soak(sp: Sp) {
         totals.produced,
         totals.processed,
         totals.dropped,
+        totals.expired,
         totals.abandoned,
         totals.pushes as f64 / elapsed.as_secs_f64(),
     );
