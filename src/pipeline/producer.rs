@@ -383,6 +383,30 @@ impl<T> Producer<T> {
         self.shared.stats()
     }
 
+    /// A watcher of the queue's pressure level, if
+    /// [`watermarks`](crate::PipelineBuilder::watermarks) were configured; as
+    /// [`Pipeline::pressure`](crate::Pipeline::pressure). A producer reading from a socket or
+    /// a broker can pause while the level is high.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, PressureLevel, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let pipeline = Pipeline::builder(100, Policy::Block)
+    ///     .watermarks(80, 20)
+    ///     .spawn(SmolSpawner::new(), |_: u8| async {})?;
+    /// let producer = pipeline.producer();
+    /// assert_eq!(producer.pressure().unwrap().level(), PressureLevel::Normal);
+    /// # pipeline.shutdown().await;
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn pressure(&self) -> Option<crate::Pressure> {
+        self.shared.pressure.clone().map(crate::Pressure::new)
+    }
+
     /// Whether intake has stopped.
     ///
     /// # Examples
