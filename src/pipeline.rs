@@ -56,7 +56,8 @@ use worker::{drop_each, Exit, Workers};
 /// number of tasks (share the pipeline with an `Arc`). [`shutdown`](Pipeline::shutdown)
 /// stops intake, closes the queue, lets the workers drain it until the deadline, then
 /// cancels the worker token, aborts stragglers, joins every worker and returns a
-/// [`Report`] in which `produced == processed + failed + dropped + abandoned + panicked`;
+/// [`Report`] in which
+/// `produced == processed + failed + dropped + expired + abandoned + panicked`;
 /// [`take_leftovers`](Pipeline::take_leftovers) then hands back what was accepted but not
 /// processed.
 ///
@@ -275,8 +276,10 @@ impl<T: Send + 'static> Pipeline<T> {
         }
     }
 
-    /// A live snapshot of the counters: produced, processed, failed, dropped, panicked,
-    /// retried, restarts, the queue's depth and peak depth, and the time it has spent full.
+    /// A live snapshot of the counters: produced, processed, failed, dropped, expired,
+    /// panicked, retried, restarts, the queue's depth and peak depth, the time it has spent
+    /// full, and, when items are stamped (a time feature), the oldest item's age, the
+    /// queue-delay histogram and whether CoDel is dropping. See [`Stats`].
     ///
     /// # Examples
     ///
@@ -487,7 +490,12 @@ impl<T: Send + 'static> Pipeline<T> {
     /// assert_eq!(report.produced, 10);
     /// assert_eq!(
     ///     report.produced,
-    ///     report.processed + report.failed + report.dropped + report.abandoned + report.panicked
+    ///     report.processed
+    ///         + report.failed
+    ///         + report.dropped
+    ///         + report.expired
+    ///         + report.abandoned
+    ///         + report.panicked
     /// );
     /// assert_eq!(report.cause, StopCause::Shutdown);
     /// assert_eq!(pipeline.shutdown().await, report);

@@ -407,6 +407,15 @@ impl<T> Producer<T> {
         self.shared.pressure.clone().map(crate::Pressure::new)
     }
 
+    /// Publishes a snapshot of the counters through the `metrics` facade; as
+    /// [`Pipeline::record_metrics`](crate::Pipeline::record_metrics) (feature `metrics`), so
+    /// a monitoring task needs only a producer handle.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn record_metrics(&self) {
+        self.shared.record_metrics();
+    }
+
     /// Whether intake has stopped.
     ///
     /// # Examples

@@ -44,7 +44,8 @@ pub struct Report {
     /// Items shed at the queue's exit for their queue delay: older than
     /// [`max_age`](crate::PipelineBuilder::max_age), or shed by
     /// [`codel`](crate::PipelineBuilder::codel); each was handed to
-    /// [`on_expired`](crate::PipelineBuilder::on_expired). 0 without those features.
+    /// [`on_expired`](crate::PipelineBuilder::on_expired) if one is set (dropped otherwise).
+    /// 0 without those features.
     pub expired: u64,
     /// Accepted items never processed: the pipeline stopped before a worker took them, or
     /// the deadline passed; `handed_back + lost_in_flight`.
