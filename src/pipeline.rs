@@ -375,7 +375,7 @@ impl<T: Send + 'static> Pipeline<T> {
     /// # }).unwrap();
     /// ```
     pub fn pressure(&self) -> Option<Pressure> {
-        self.shared.pressure.clone().map(Pressure::new)
+        self.shared.queue.pressure()
     }
 
     /// Publishes a snapshot of the counters through the [`metrics`] facade, to whatever

@@ -70,6 +70,7 @@ use self::waiters::{Left, NeedsWaker, WaitList};
 
 use crate::delay::DelayHistogram;
 use crate::policy::{ConfigError, Policy, PushOutcome};
+use crate::pressure::Pressure;
 use crate::spawner::Spawner;
 use crate::stats::{Meter, QueueStats};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
@@ -321,12 +322,63 @@ impl<T> Queue<T> {
         self.lock().extras.get_or_insert_with(Box::default).timed = Some(Timed::new(timing));
     }
 
-    /// Watches the length against a high and a low mark (before the queue is shared).
-    pub(crate) fn set_marks(&mut self, high: usize, low: usize) -> Arc<PressureCell> {
-        let marks = Marks::new(high, low);
+    /// Watches the queue's length against a `high` and a `low` mark (in items), and returns
+    /// a [`Pressure`] handle: the level turns high when the length reaches `high`, and
+    /// normal again only when it falls to `low`, so it changes once per real crossing and
+    /// never flaps around a mark. Set it before sharing the queue; [`pressure`](Queue::pressure)
+    /// gives more handles. Setting new marks ends the old ones: their handles' `changed`
+    /// returns `None`, as it does once the queue is closed.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Watermarks`] unless `low < high <= capacity`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, PressureLevel, Queue};
+    ///
+    /// let mut queue = Queue::new(8, Policy::Block)?;
+    /// let pressure = queue.watermarks(6, 2)?;
+    /// for i in 0..6 {
+    ///     let _ = queue.try_push(i);
+    /// }
+    /// assert_eq!(pressure.level(), PressureLevel::High);
+    /// assert_eq!(pressure.crossings(), 1);
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn watermarks(&mut self, high: usize, low: usize) -> Result<Pressure, ConfigError> {
+        if !(low < high && high <= self.capacity) {
+            return Err(ConfigError::Watermarks);
+        }
+        let mut marks = Marks::new(high, low);
         let cell = marks.cell.clone();
-        self.lock().extras.get_or_insert_with(Box::default).marks = Some(marks);
-        cell
+        let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // The length now counts: a queue already past the high mark starts high.
+        let _ = marks.update(inner.buf.len());
+        let extras = inner.extras.get_or_insert_with(Box::default);
+        if let Some(mut old) = extras.marks.replace(marks) {
+            old.close().wake();
+        }
+        Ok(Pressure::new(cell))
+    }
+
+    /// Another handle on the queue's pressure level, if
+    /// [`watermarks`](Queue::watermarks) are set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Policy, Queue};
+    ///
+    /// let queue = Queue::<u8>::new(8, Policy::Block)?;
+    /// assert!(queue.pressure().is_none());
+    /// # Ok::<(), backpressure_pipeline::ConfigError>(())
+    /// ```
+    pub fn pressure(&self) -> Option<Pressure> {
+        let inner = self.lock();
+        let marks = inner.extras.as_deref()?.marks.as_ref()?;
+        Some(Pressure::new(marks.cell.clone()))
     }
 
     /// Whether items are stamped.

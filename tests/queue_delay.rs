@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use backpressure_pipeline::{
     Batch, BoxFuture, BuildError, Codel, ConfigError, Expired, Pipeline, Policy, PressureLevel,
-    PushOutcome, Report, SpawnError, Spawner, StopCause,
+    PushOutcome, Queue, Report, SpawnError, Spawner, StopCause,
 };
 use common::clock::{ManualClock, ManualSpawner};
 use common::gate::{gate, Gate};
@@ -520,6 +520,35 @@ async fn the_pressure_watcher_never_misses_the_last_crossing(sp: Sp) {
     assert!(all_crossings > 0, "the loop crossed the marks");
 }
 
+async fn the_queue_on_its_own_has_watermarks(sp: Sp) {
+    let _ = sp;
+    let mut queue = Queue::new(8, Policy::DropOldest).unwrap();
+    for i in 0..7 {
+        let _ = queue.try_push(i);
+    }
+    // Set while the queue is past the high mark: it starts high.
+    let mut first = queue.watermarks(6, 2).unwrap();
+    assert_eq!((first.level(), first.crossings()), (PressureLevel::High, 1));
+    assert_eq!(queue.watermarks(2, 2).unwrap_err(), ConfigError::Watermarks);
+    assert_eq!(queue.watermarks(9, 2).unwrap_err(), ConfigError::Watermarks);
+    // New marks end the old ones: their watchers are released.
+    let mut second = queue.watermarks(8, 4).unwrap();
+    assert_eq!(first.changed().await, None);
+    assert_eq!(second.level(), PressureLevel::Normal);
+    let mut third = queue.pressure().expect("set");
+    let _ = queue.try_push(7); // 8: high
+    assert_eq!(second.changed().await, Some(PressureLevel::High));
+    assert_eq!(third.changed().await, Some(PressureLevel::High));
+    for _ in 0..4 {
+        let _ = queue.pop().await; // 4: normal
+    }
+    assert_eq!(second.changed().await, Some(PressureLevel::Normal));
+    queue.close();
+    assert_eq!(second.changed().await, None);
+    assert_eq!(third.changed().await, Some(PressureLevel::Normal));
+    assert_eq!(third.changed().await, None);
+}
+
 // Configuration, and what a pipeline without time features does.
 
 async fn bad_settings_are_refused(sp: Sp) {
@@ -646,6 +675,7 @@ on_every_runtime!(
     codel_lifo_serves_the_newest_while_dropping,
     watermarks_fire_once_per_crossing,
     the_pressure_watcher_never_misses_the_last_crossing,
+    the_queue_on_its_own_has_watermarks,
     bad_settings_are_refused,
     without_time_features_no_clock_is_read,
     the_manual_clock_is_the_pipelines_clock,

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use backpressure_pipeline::{Policy, PushOutcome, Queue};
+use backpressure_pipeline::{Policy, PressureLevel, PushOutcome, Queue};
 use loom::future::block_on;
 use loom::thread;
 
@@ -279,5 +279,52 @@ fn a_dropped_sink_hands_its_slot_to_a_waiting_producer() {
         drop(sink);
         assert_eq!(producer.join().unwrap(), PushOutcome::Accepted);
         assert_eq!(block_on(queue.pop()), Some(7));
+    });
+}
+
+/// The pressure signal's check → listen → check: a crossing made on another thread while the
+/// watcher checks, listens or sleeps is seen, each once, and the watcher never sleeps
+/// through the last one.
+#[test]
+fn pressure_watcher_sees_each_crossing() {
+    loom::model(|| {
+        let mut queue = Queue::new(2, Policy::DropNewest).unwrap();
+        let mut pressure = queue.watermarks(2, 0).unwrap();
+        let queue = Arc::new(queue);
+        let filler = thread::spawn({
+            let queue = queue.clone();
+            move || {
+                assert_eq!(queue.try_push(1), PushOutcome::Accepted);
+                assert_eq!(queue.try_push(2), PushOutcome::Accepted); // 2: high
+            }
+        });
+        assert_eq!(block_on(pressure.changed()), Some(PressureLevel::High));
+        filler.join().unwrap();
+        let drainer = thread::spawn({
+            let queue = queue.clone();
+            move || {
+                assert_eq!(block_on(queue.pop()), Some(1));
+                assert_eq!(block_on(queue.pop()), Some(2)); // 0: normal
+            }
+        });
+        assert_eq!(block_on(pressure.changed()), Some(PressureLevel::Normal));
+        drainer.join().unwrap();
+        assert_eq!(pressure.crossings(), 2);
+    });
+}
+
+/// Close ends a watcher waiting for a crossing that will not come.
+#[test]
+fn close_ends_a_pressure_watcher() {
+    loom::model(|| {
+        let mut queue = Queue::<u8>::new(2, Policy::Block).unwrap();
+        let mut pressure = queue.watermarks(2, 0).unwrap();
+        let queue = Arc::new(queue);
+        let closer = thread::spawn({
+            let queue = queue.clone();
+            move || assert!(queue.close())
+        });
+        assert_eq!(block_on(pressure.changed()), None);
+        closer.join().unwrap();
     });
 }

@@ -970,13 +970,9 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         if self.timing.codel.is_some_and(|codel| !codel.is_valid()) {
             return Err(ConfigError::Codel.into());
         }
-        let pressure = match self.watermarks {
-            Some((high, low)) if low < high && high <= self.capacity => {
-                Some(queue.set_marks(high, low))
-            }
-            Some(_) => return Err(ConfigError::Watermarks.into()),
-            None => None,
-        };
+        if let Some((high, low)) = self.watermarks {
+            queue.watermarks(high, low)?;
+        }
         if self.is_timed() {
             queue.set_timing(spawner.clone(), self.timing);
         }
@@ -1009,7 +1005,6 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             self.on_shed,
         );
         shared.on_expired = self.on_expired;
-        shared.pressure = pressure;
         shared.name = self.name;
         let shared = Arc::new(shared);
         // Every stop releases every waiter at once: whoever cancels the stop token (shutdown,

@@ -12,7 +12,7 @@ use super::StopCause;
 use crate::cancel::CancellationToken;
 use crate::delay::Expired;
 use crate::policy::PushOutcome;
-use crate::queue::{PressureCell, Queue};
+use crate::queue::Queue;
 use crate::spawner::Spawner;
 use crate::stats::Stats;
 use crate::sync::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -48,8 +48,6 @@ pub(super) struct Shared<T> {
     pub(super) spawner: Arc<dyn Spawner>,
     pub(super) on_shed: Option<ShedHook<T>>,
     pub(super) on_expired: Option<ExpiredHook<T>>,
-    /// The watermarks' level, when configured.
-    pub(super) pressure: Option<Arc<PressureCell>>,
     /// The pipeline's name (its `Debug`, and the metrics' label).
     pub(super) name: String,
     /// What stopped the pipeline first (`StopCause` as `cause_code`; 0 until then).
@@ -81,7 +79,6 @@ impl<T> Shared<T> {
             spawner,
             on_shed,
             on_expired: None,
-            pressure: None,
             name: String::new(),
             cause: AtomicU8::new(0),
             #[cfg(feature = "tracing")]
@@ -235,10 +232,7 @@ impl<T> Shared<T> {
     /// Publishes a snapshot through the `metrics` facade (`export.rs`).
     #[cfg(feature = "metrics")]
     pub(super) fn record_metrics(&self) {
-        let level = self
-            .pressure
-            .clone()
-            .map(|cell| crate::Pressure::new(cell).level());
+        let level = self.queue.pressure().map(|pressure| pressure.level());
         crate::export::record(&self.name, &self.stats(), level);
     }
 
@@ -404,7 +398,7 @@ impl<T> Producer<T> {
     /// # }).unwrap();
     /// ```
     pub fn pressure(&self) -> Option<crate::Pressure> {
-        self.shared.pressure.clone().map(crate::Pressure::new)
+        self.shared.queue.pressure()
     }
 
     /// Publishes a snapshot of the counters through the `metrics` facade; as
