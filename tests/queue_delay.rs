@@ -310,6 +310,47 @@ async fn stale_items_left_at_the_deadline_are_handed_back_not_expired(sp: Sp) {
     assert!(logged(&log).is_empty());
 }
 
+async fn the_shed_hook_sees_every_loss_at_the_door_and_at_the_exit(sp: Sp) {
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let log = expired_log();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (gate, held) = gate();
+    let pipeline = Pipeline::builder(2, Policy::DropNewest)
+        .max_age(10 * MS)
+        .on_shed({
+            let seen = seen.clone();
+            move |id: &u32| seen.lock().unwrap().push(*id)
+        })
+        .on_expired(recorder(&log))
+        .spawn(spawner, move |id: u32| {
+            let held = held.clone();
+            async move { held.hold(id).await }
+        })
+        .unwrap();
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    accept(&pipeline, 1).await;
+    accept(&pipeline, 2).await;
+    assert_eq!(pipeline.try_push(3), PushOutcome::Shed(3)); // at the door
+    clock.advance(11 * MS);
+    gate.release();
+    // 1 and 2 are stale: shown to the shed hook, then handed to on_expired.
+    until_logged(&log, 2).await;
+    accept(&pipeline, 4).await;
+    assert_eq!(gate.next().await, 4);
+    assert_eq!(*seen.lock().unwrap(), [3, 1, 2]);
+    let expired: Vec<u32> = logged(&log).iter().map(|(id, _)| *id).collect();
+    assert_eq!(expired, [1, 2]);
+    gate.open();
+    let report = pipeline.shutdown().await;
+    assert_law(&report);
+    assert_eq!(
+        seen.lock().unwrap().len() as u64,
+        report.dropped + report.expired,
+        "{report}"
+    );
+}
+
 async fn a_panicking_expired_hook_does_not_stop_the_worker(sp: Sp) {
     let (spawner, clock) = ManualSpawner::new(sp);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -670,6 +711,7 @@ on_every_runtime!(
     ttl_in_batches_drops_stale_items_from_the_batch,
     ttl_applies_while_draining,
     stale_items_left_at_the_deadline_are_handed_back_not_expired,
+    the_shed_hook_sees_every_loss_at_the_door_and_at_the_exit,
     a_panicking_expired_hook_does_not_stop_the_worker,
     codel_enters_drops_and_leaves_on_a_scripted_trace,
     codel_lifo_serves_the_newest_while_dropping,

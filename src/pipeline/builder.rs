@@ -211,14 +211,18 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         self.worker_token.child_token()
     }
 
-    /// Calls `hook` with each item the policy sheds (`DropNewest`) or evicts
-    /// (`DropOldest`), before the push hands the item back: to count it, log it or raise an
-    /// alarm in one place for every producer.
+    /// Calls `hook` with each item shed: by the policy at the door (`DropNewest` sheds,
+    /// `DropOldest` evicts), before the push hands the item back; and at the exit for its
+    /// queue delay ([`max_age`](Self::max_age), [`codel`](Self::codel)), before
+    /// [`on_expired`](Self::on_expired) gets it by value. One place to count, log or raise
+    /// an alarm for every loss; `Report::dropped + Report::expired` is the number of calls.
     ///
-    /// The hook runs in the producer's task, after the queue's lock is released, so it may
-    /// take time without holding up the workers (but it does hold up that producer). A panic
-    /// in the hook reaches the producer that pushed; the item is counted as dropped before
-    /// the hook runs, so the law holds either way.
+    /// For a shed at the door the hook runs in the producer's task, after the queue's lock is
+    /// released, so it may take time without holding up the workers (but it does hold up
+    /// that producer); a panic in it reaches the producer that pushed. For a shed at the exit
+    /// it runs in the worker's task that took the item, and a panic in it is caught (the
+    /// worker goes on). Either way the item is counted before the hook runs, so the law
+    /// holds.
     ///
     /// # Examples
     ///

@@ -198,10 +198,15 @@ impl<T> Shared<T> {
         }
     }
 
-    /// Hands the items shed at the queue's exit (counted `expired` when taken) to the hook,
-    /// or drops them; in the worker's task, with no lock held. A panic in the hook or in an
+    /// Shows the items shed at the queue's exit (counted `expired` when taken) to the shed
+    /// hook, then hands them to the expired hook, or drops them; in the worker's task, with no lock held. A panic in the hook or in an
     /// item's `Drop` is caught: the worker goes on, and the items are counted either way.
     pub(super) fn expire(&self, shed: Vec<(T, Expired)>) {
+        if let Some(hook) = &self.on_shed {
+            for (item, _) in &shed {
+                catch_quietly_sync(|| hook(item));
+            }
+        }
         match &self.on_expired {
             Some(hook) => {
                 for (item, why) in shed {
