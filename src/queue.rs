@@ -17,14 +17,18 @@
 //!    and none is overtaken. A woken producer that is dropped instead passes its reservation
 //!    to the next in line (or frees it). `reserved` is 0 under the shedding policies, and is
 //!    not maintained after close, when nothing is accepted.
-//! 4. The closed flag only goes from unset to set. `close` sets it and then takes the lock to
-//!    wake both lines; a task reads it under the lock. A task that read it unset joined its
-//!    line before close took the lock, and is woken by close; one that comes later reads it
-//!    set. After close, items already queued stay poppable, and empty is final.
+//! 4. The closed flag only goes from unset to set. `close` sets it under the lock and wakes
+//!    both lines; a task reads it under the lock. A task that read it unset joined its line
+//!    before close took the lock, and is woken by close; one that comes later reads it set.
+//!    After close, items already queued stay poppable, and empty is final.
 //! 5. `state` holds the closed flag (its top bit) and the count of shed items (the rest) in
-//!    one word. The lock-free shed of a full queue increments it with a compare-exchange that
-//!    fails once the flag is set, so a shed is either counted before close or refused as
-//!    `Closed` after it: a report read after close misses none that returned `Shed`.
+//!    one word. The lock-free shed of a full queue adds one with a single `fetch_add` (no
+//!    compare-exchange loop), and the value it returns says whether the flag was already set:
+//!    if so, the shed is refused as `Closed`. `close` sets the flag with a `fetch_or`, whose
+//!    returned count is every shed made before it, and stores that count (`shed_at_close`)
+//!    in the same critical section; snapshots take the lock and read the stored count once
+//!    the flag is set, so the refused increments after close never show. A report read after
+//!    close misses none that returned `Shed` and counts none that returned `Closed`.
 //! 6. `len` is a copy of the buffer's length, stored under the lock after every change, so
 //!    that lock-free readers (`len()`, the shed check) see a length the buffer really had.
 //!
@@ -143,6 +147,8 @@ struct Inner<T> {
     /// Items taken out by poppers (not by `take_all`).
     popped: u64,
     meter: Meter,
+    /// The shed count when the queue closed (invariant 5).
+    shed_at_close: Option<u64>,
     /// Stamps, maximum age, CoDel, delays and the watermarks, when configured
     /// (`timed.rs`): one field, so a queue without them pays one test per change.
     extras: Option<Box<Extras>>,
@@ -302,6 +308,7 @@ impl<T> Queue<T> {
                 evicted: 0,
                 popped: 0,
                 meter: Meter::new(),
+                shed_at_close: None,
                 extras: None,
             }),
             copies: CacheLine(Copies {
@@ -593,25 +600,12 @@ impl<T> Queue<T> {
             return Ok(item);
         }
         // By invariant 6 the queue is full at this instant, and no lock is needed to know it.
-        // Count the shed only while the flag is unset (invariant 5). Terminates: each retry
-        // means another shed was counted or the queue closed, and close ends the loop.
-        let mut state = self.state.0.load(Ordering::Acquire);
-        loop {
-            if state & CLOSED != 0 {
-                return Err(PushOutcome::Closed(item));
-            }
-            // AcqRel on success: ordered with close's `fetch_or` in the word's modification
-            // order, which is all invariant 5 needs; Acquire on failure to re-read the flag.
-            match self.state.0.compare_exchange_weak(
-                state,
-                state + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Err(PushOutcome::Shed(item)),
-                Err(now) => state = now,
-            }
+        // Counted once, and refused if the flag was set first (invariant 5). AcqRel: ordered
+        // with close's `fetch_or` in the word's modification order, which is all it needs.
+        if self.state.0.fetch_add(1, Ordering::AcqRel) & CLOSED != 0 {
+            return Err(PushOutcome::Closed(item));
         }
+        Err(PushOutcome::Shed(item))
     }
 
     /// Applies the policy with the buffer lock held. Under `Block` a full queue gives
@@ -1023,13 +1017,15 @@ impl<T> Queue<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// ```
     pub fn close(&self) -> bool {
+        // Under the lock (invariant 4): a task that read the flag unset under it is in line.
+        let mut inner = self.lock();
         // AcqRel: the Release half publishes the close to pushers; the previous value tells
         // which caller closed it, and the shed count it carries is final (invariant 5).
-        if self.state.0.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED != 0 {
+        let before = self.state.0.fetch_or(CLOSED, Ordering::AcqRel);
+        if before & CLOSED != 0 {
             return false;
         }
-        // Then the lock (invariant 4): every task already in line is woken.
-        let mut inner = self.lock();
+        inner.shed_at_close = Some(before);
         let mut wakers = inner.poppers.notify_all();
         wakers.extend(inner.producers.notify_all());
         // The marks stop with intake, under the lock: no crossing follows the flag.
@@ -1144,7 +1140,10 @@ impl<T> Queue<T> {
         QueueStats {
             accepted: inner.accepted,
             // Acquire: sheds counted without the lock before this instant (invariant 5).
-            shed: self.state.0.load(Ordering::Acquire) & !CLOSED,
+            // Invariant 5: once closed, the count the close stored.
+            shed: inner
+                .shed_at_close
+                .unwrap_or_else(|| self.state.0.load(Ordering::Acquire) & !CLOSED),
             evicted: inner.evicted,
             expired: inner.timed_ref().map_or(0, |timed| timed.expired),
             popped: inner.popped,

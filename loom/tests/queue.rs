@@ -78,6 +78,10 @@ fn shed_races_close() {
             PushOutcome::Closed(2) => assert_eq!(shed_at_close, 0),
             other => panic!("unexpected {other:?}"),
         }
+        // A shed refused after close (its increment landed after the flag) never shows.
+        assert_eq!(queue.stats().shed, shed_at_close);
+        assert_eq!(queue.try_push(3), PushOutcome::Closed(3));
+        assert_eq!(queue.stats().shed, shed_at_close);
         assert_eq!(block_on(queue.pop()), Some(1));
     });
 }
