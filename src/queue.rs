@@ -363,6 +363,10 @@ impl<T> Queue<T> {
         let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
         // The length now counts: a queue already past the high mark starts high.
         let _ = marks.update(inner.buf.len());
+        if self.state.0.load(Ordering::Acquire) & CLOSED != 0 {
+            // Marks on a closed queue are closed too: their watchers end at once.
+            let _ = marks.close();
+        }
         let extras = inner.extras.get_or_insert_with(Box::default);
         if let Some(mut old) = extras.marks.replace(marks) {
             old.close().wake();

@@ -588,6 +588,9 @@ async fn the_queue_on_its_own_has_watermarks(sp: Sp) {
     assert_eq!(second.changed().await, None);
     assert_eq!(third.changed().await, Some(PressureLevel::Normal));
     assert_eq!(third.changed().await, None);
+    // Marks set on a closed queue end their watchers at once.
+    let mut late = queue.watermarks(8, 4).unwrap();
+    assert_eq!(late.changed().await, None);
 }
 
 // Configuration, and what a pipeline without time features does.
