@@ -107,16 +107,17 @@ impl Pressure {
         PressureLevel::after(self.cell.crossings.load(Ordering::Acquire))
     }
 
-    /// How many times the level has changed since the pipeline started (the first change is
-    /// to `High`).
+    /// How many times the level has changed since the watermarks were set (the first change
+    /// is to `High`).
     pub fn crossings(&self) -> u64 {
         self.cell.crossings.load(Ordering::Acquire)
     }
 
     /// Waits for the next crossing this handle has not reported, and returns the level then
-    /// (the latest level, if more than one crossing happened). `None` once the pipeline's
-    /// queue is closed (shutdown, or a stop) with no crossing left to report: no crossing
-    /// comes after that.
+    /// (the latest level, if more than one crossing happened). `None` once the queue is
+    /// closed (a pipeline's shutdown or stop, or [`Queue::close`](crate::Queue::close)), or
+    /// its marks replaced by new ones ([`Queue::watermarks`](crate::Queue::watermarks)), with
+    /// no crossing left to report: no crossing comes after that.
     ///
     /// # Cancel safety
     ///

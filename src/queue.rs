@@ -633,8 +633,8 @@ impl<T> Queue<T> {
         match self.policy {
             Policy::DropNewest => {
                 // Counted under the lock, so a report that takes the lock after close sees it.
-                // Relaxed: the lock orders it. The flag shares the word, but 2^63 sheds are
-                // needed to reach it.
+                // Relaxed: the lock orders it. The flag shares the word, but 2^63 sheds (and
+                // refused sheds after close, invariant 5) are needed to reach it.
                 self.state.0.fetch_add(1, Ordering::Relaxed);
                 PushOutcome::Shed(item)
             }

@@ -1,6 +1,7 @@
-//! The queue's time-based state, present only when a pipeline is built with a time-based
-//! feature: a stamp per item, the maximum age, CoDel, the delay histogram; and the pressure
-//! watermarks.
+//! What a queue holds beyond its buffer, present only when configured: the time-based state
+//! (a stamp per item, the maximum age, CoDel, the delay histogram), set when a pipeline is
+//! built with a time-based feature; and the pressure watermarks (`Queue::watermarks`, or the
+//! pipeline's builder).
 //!
 //! # Invariants
 //!
@@ -197,7 +198,8 @@ pub(super) struct Marks {
 pub(crate) struct PressureCell {
     /// Crossings so far; odd while high.
     pub(crate) crossings: AtomicU64,
-    /// Set when the queue closes, under its lock: no crossing comes after.
+    /// Set when the queue closes, or when new marks replace these, under the buffer lock: no
+    /// crossing comes after.
     pub(crate) closed: AtomicBool,
     /// Notified after a crossing or the close, with no lock held.
     pub(crate) event: Event,
