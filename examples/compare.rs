@@ -1015,6 +1015,60 @@ fn overload_queue<Q: BenchQueue>(policy: Policy, sync_push: bool) -> f64 {
     items as f64 / elapsed.as_secs_f64()
 }
 
+/// S3's peers that shed the incoming item: flume's `try_send` (4 consumers, as the others)
+/// and tokio mpsc's `try_send` (one consumer task: tokio's channel has one receiver; it does
+/// the four consumers' work in turn, so the channel is full as often as the others).
+fn overload_peer(peer: &'static str) -> f64 {
+    let items = S3_ITEMS;
+    let elapsed = run(async move {
+        match peer {
+            "flume" => {
+                let (tx, rx) = flume::bounded::<u64>(OVERLOAD_CAPACITY);
+                let tasks: Vec<_> = (0..OVERLOAD_CONSUMERS)
+                    .map(|_| {
+                        let rx = rx.clone();
+                        ex().spawn(async move {
+                            while let Ok(item) = rx.recv_async().await {
+                                work();
+                                black_box(item);
+                            }
+                        })
+                    })
+                    .collect();
+                drop(rx);
+                let start = Instant::now();
+                for i in 0..items {
+                    black_box(tx.try_send(i).err());
+                }
+                let elapsed = start.elapsed();
+                drop(tx);
+                for task in tasks {
+                    task.await;
+                }
+                elapsed
+            }
+            _ => {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(OVERLOAD_CAPACITY);
+                let task = ex().spawn(async move {
+                    while let Some(item) = rx.recv().await {
+                        work();
+                        black_box(item);
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..items {
+                    black_box(tx.try_send(i).err());
+                }
+                let elapsed = start.elapsed();
+                drop(tx);
+                task.await;
+                elapsed
+            }
+        }
+    });
+    items as f64 / elapsed.as_secs_f64()
+}
+
 fn overload_items(evicting: bool) -> u64 {
     if evicting {
         S2_ITEMS
@@ -1779,6 +1833,34 @@ impl Suite {
                         base_name,
                         Base::None,
                         Box::new(move || overload_channel(force)),
+                    ),
+                ],
+            );
+        }
+        if self.wants("S3") {
+            self.measure(
+                "S3 peers: try_send into a full channel",
+                Unit::ItemsPerSec,
+                vec![
+                    (
+                        OURS_SYNC,
+                        Base::Variant("tokio mpsc try_send (1 consumer)"),
+                        Box::new(|| overload_queue::<Queue<u64>>(Policy::DropNewest, true)),
+                    ),
+                    (
+                        OURS,
+                        Base::Variant("tokio mpsc try_send (1 consumer)"),
+                        Box::new(|| overload_queue::<Queue<u64>>(Policy::DropNewest, false)),
+                    ),
+                    (
+                        "flume try_send",
+                        Base::Variant("tokio mpsc try_send (1 consumer)"),
+                        Box::new(|| overload_peer("flume")),
+                    ),
+                    (
+                        "tokio mpsc try_send (1 consumer)",
+                        Base::None,
+                        Box::new(|| overload_peer("tokio")),
                     ),
                 ],
             );
