@@ -644,9 +644,12 @@ impl<T> Queue<T> {
                 match inner.buf.pop_front() {
                     Some(oldest) => {
                         inner.buf.push_back(item);
-                        if let (Some(timed), Some(now)) = (inner.timed(), now) {
-                            timed.stamps.pop_front();
-                            timed.stamps.push_back(now);
+                        // The evicted item's stamp goes with it (`now` is `None` unless timed).
+                        if let Some(now) = now {
+                            if let Some(timed) = inner.timed() {
+                                timed.stamps.pop_front();
+                                timed.stamps.push_back(now);
+                            }
                         }
                         inner.accepted += 1;
                         inner.evicted += 1;
