@@ -1,0 +1,76 @@
+//! S1, back-pressure hand-off: `Policy::Block`, `push().await` / `pop().await`, 1 producer
+//! → 1, 4, 16 consumer tasks, vs a bounded async-channel.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use backpressure_pipeline::Policy;
+
+use crate::bench_queue::BenchQueue;
+use crate::runtime::{ex, run};
+
+const S1_ITEMS: u64 = 300_000;
+
+pub(crate) fn s1_queue<Q: BenchQueue>(capacity: usize, consumers: usize) -> f64 {
+    let queue = Arc::new(Q::make(capacity, Policy::Block));
+    let start = Instant::now();
+    let total = run(async move {
+        let tasks: Vec<_> = (0..consumers)
+            .map(|_| {
+                let queue = queue.clone();
+                ex().spawn(async move {
+                    let mut n = 0u64;
+                    while let Some(item) = queue.pop().await {
+                        black_box(item);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for i in 0..S1_ITEMS {
+            assert!(queue.push(i).await.is_accepted());
+        }
+        queue.close();
+        let mut total = 0;
+        for task in tasks {
+            total += task.await;
+        }
+        total
+    });
+    assert_eq!(total, S1_ITEMS);
+    S1_ITEMS as f64 / start.elapsed().as_secs_f64()
+}
+
+pub(crate) fn s1_channel(capacity: usize, consumers: usize) -> f64 {
+    let (tx, rx) = async_channel::bounded::<u64>(capacity);
+    let start = Instant::now();
+    let total = run(async move {
+        let tasks: Vec<_> = (0..consumers)
+            .map(|_| {
+                let rx = rx.clone();
+                ex().spawn(async move {
+                    let mut n = 0u64;
+                    while let Ok(item) = rx.recv().await {
+                        black_box(item);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        drop(rx);
+        for i in 0..S1_ITEMS {
+            tx.send(i).await.expect("receivers alive");
+        }
+        drop(tx);
+        let mut total = 0;
+        for task in tasks {
+            total += task.await;
+        }
+        total
+    });
+    assert_eq!(total, S1_ITEMS);
+    S1_ITEMS as f64 / start.elapsed().as_secs_f64()
+}

@@ -1,0 +1,72 @@
+//! S4, single thread, uncontended: the cost of one push without waiting plus one pop
+//! polled once with a no-op waker, in ns.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use backpressure_pipeline::Policy;
+
+use crate::bench_queue::BenchQueue;
+
+const PAIRS: u64 = 2_000_000;
+
+/// Polls `fut` once with a no-op waker; the pop must be ready (an item is there).
+fn poll_ready<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(fut).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("an uncontended pop with an item present must be ready"),
+    }
+}
+
+fn time_pairs(mut pair: impl FnMut(u64)) -> f64 {
+    let start = Instant::now();
+    for i in 0..PAIRS {
+        pair(i);
+    }
+    start.elapsed().as_nanos() as f64 / PAIRS as f64
+}
+
+pub(crate) fn s4_queue<Q: BenchQueue>() -> f64 {
+    let queue = Q::make(1024, Policy::Block);
+    time_pairs(|i| {
+        let _ = black_box(queue.try_push(i));
+        black_box(poll_ready(queue.pop()));
+    })
+}
+
+pub(crate) fn s4_async_channel() -> f64 {
+    let (tx, rx) = async_channel::bounded::<u64>(1024);
+    time_pairs(|i| {
+        let _ = black_box(tx.try_send(i));
+        let _ = black_box(poll_ready(rx.recv()));
+    })
+}
+
+pub(crate) fn s4_flume() -> f64 {
+    let (tx, rx) = flume::bounded::<u64>(1024);
+    time_pairs(|i| {
+        let _ = black_box(tx.try_send(i));
+        let _ = black_box(poll_ready(rx.recv_async()));
+    })
+}
+
+pub(crate) fn s4_tokio() -> f64 {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+    time_pairs(|i| {
+        let _ = black_box(tx.try_send(i));
+        black_box(poll_ready(rx.recv()));
+    })
+}
+
+pub(crate) fn s4_vecdeque() -> f64 {
+    let mut deque = VecDeque::with_capacity(1024);
+    time_pairs(|i| {
+        deque.push_back(black_box(i));
+        black_box(deque.pop_front());
+    })
+}
