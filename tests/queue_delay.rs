@@ -20,58 +20,13 @@ use backpressure_pipeline::{
     PushOutcome, Queue, Report, SpawnError, Spawner, StopCause,
 };
 use common::clock::{ManualClock, ManualSpawner};
-use common::gate::{gate, Gate};
+use common::delay::{accept, expired_log, gated, logged, recorder, until_logged};
+use common::gate::gate;
 use common::Sp;
 use futures_util::future::poll_immediate;
 
 const MS: Duration = Duration::from_millis(1);
 const NANO: Duration = Duration::from_nanos(1);
-
-/// The items handed to `on_expired`, with why, in order.
-type ExpiredLog = Arc<Mutex<Vec<(u32, Expired)>>>;
-
-fn expired_log() -> ExpiredLog {
-    Arc::default()
-}
-
-fn recorder(log: &ExpiredLog) -> impl Fn(u32, Expired) + Send + Sync + 'static {
-    let log = log.clone();
-    move |id, why| log.lock().unwrap().push((id, why))
-}
-
-fn logged(log: &ExpiredLog) -> Vec<(u32, Expired)> {
-    log.lock().unwrap().clone()
-}
-
-/// Waits until `log` holds `n` entries (the watchdog bounds the wait).
-async fn until_logged(log: &ExpiredLog, n: usize) {
-    while log.lock().unwrap().len() < n {
-        common::yield_now().await;
-    }
-}
-
-async fn accept(pipeline: &Pipeline<u32>, id: u32) {
-    assert_eq!(pipeline.push(id).await, PushOutcome::Accepted, "item {id}");
-}
-
-/// A gated worker's pipeline: one worker, `Block`, on `spawner`.
-fn gated(
-    spawner: ManualSpawner,
-    capacity: usize,
-    configure: impl FnOnce(
-        backpressure_pipeline::PipelineBuilder<u32>,
-    ) -> backpressure_pipeline::PipelineBuilder<u32>,
-) -> (Pipeline<u32>, Gate<u32>) {
-    let (gate, held) = gate();
-    let builder = configure(Pipeline::builder(capacity, Policy::Block));
-    let pipeline = builder
-        .spawn(spawner, move |id: u32| {
-            let held = held.clone();
-            async move { held.hold(id).await }
-        })
-        .expect("a valid configuration");
-    (pipeline, gate)
-}
 
 fn assert_law(report: &Report) {
     assert!(report.is_conserved(), "{report}");

@@ -8,42 +8,14 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backpressure_pipeline::{Codel, Expired, Pipeline, Policy, PushOutcome};
+use backpressure_pipeline::{Codel, Pipeline, Policy, PushOutcome};
 use common::clock::ManualSpawner;
-use common::gate::{gate, Gate};
+use common::delay::{accept, gated, recorder, ExpiredLog};
+use common::gate::gate;
 use common::Sp;
 use futures_util::future::poll_immediate;
 
 const MS: Duration = Duration::from_millis(1);
-
-type ExpiredLog = Arc<Mutex<Vec<(u32, Expired)>>>;
-
-fn recorder(log: &ExpiredLog) -> impl Fn(u32, Expired) + Send + Sync + 'static {
-    let log = log.clone();
-    move |id, why| log.lock().unwrap().push((id, why))
-}
-
-async fn accept(pipeline: &Pipeline<u32>, id: u32) {
-    assert_eq!(pipeline.push(id).await, PushOutcome::Accepted, "item {id}");
-}
-
-fn gated(
-    spawner: ManualSpawner,
-    capacity: usize,
-    configure: impl FnOnce(
-        backpressure_pipeline::PipelineBuilder<u32>,
-    ) -> backpressure_pipeline::PipelineBuilder<u32>,
-) -> (Pipeline<u32>, Gate<u32>) {
-    let (gate, held) = gate();
-    let builder = configure(Pipeline::builder(capacity, Policy::Block));
-    let pipeline = builder
-        .spawn(spawner, move |id: u32| {
-            let held = held.clone();
-            async move { held.hold(id).await }
-        })
-        .expect("a valid configuration");
-    (pipeline, gate)
-}
 
 /// CoDel enters its dropping state; the backlog is then served (not dropped) down to empty
 /// during shutdown's drain. The queue is empty and closed, and CoDel would leave the dropping

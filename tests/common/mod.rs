@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod clock;
+pub mod delay;
 pub mod gate;
 pub mod ledger;
 use std::future::Future;
