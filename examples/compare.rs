@@ -1,5 +1,6 @@
-//! Side-by-side comparison of the crate's queue and pipeline with async-channel, flume, tokio
-//! mpsc and a plain `VecDeque`: throughput, pair cost, peak memory and shutdown time.
+//! Side-by-side comparison of the crate's queue and pipeline with async-channel, flume, kanal,
+//! crossfire, tokio mpsc and a plain `VecDeque`: throughput, pair cost, peak memory and
+//! shutdown time.
 //!
 //! ```text
 //! cargo run --release --example compare                       # one run, < 2 minutes
@@ -12,19 +13,23 @@
 //! ratio compares medians taken in the same process run. With `--runs N` the whole suite runs
 //! N times and a final table gives the median over the runs of each run's median and ratio.
 //!
-//! Options: `--runs N`, `--reps N`, `--only S1,S2,S3,S4,S5,S5T,S5B,MEM,SD`, `--svg PATH` (writes the
-//! chart from the final table), `--work-iters N` (fixes the ~1 µs busy work instead of
-//! calibrating it; for profilers, which slow the calibration down too), `--shape TEXT` and
-//! `--variant TEXT` (measure only the shapes / variants whose label contains TEXT, to
-//! profile one case: `--only S1 --shape "cap 1024, 1→4" --variant "Queue (std"`).
+//! Options: `--runs N`, `--reps N`, `--only S1,S2,S3,S4,S5,S5T,S5B,S6,MEM,SD`, `--svg PATH`
+//! (writes the chart from the final table), `--work-iters N` (fixes the ~1 µs busy work
+//! instead of calibrating it; for profilers, which slow the calibration down too),
+//! `--shape TEXT` and `--variant TEXT` (measure only the shapes / variants whose label
+//! contains TEXT, to profile one case:
+//! `--only S1 --shape "cap 1024, 1→4" --variant "Queue (std"`).
 //!
 //! The shapes (executor: one `async_executor::Executor` run on 2 threads):
 //! - S1 back-pressure hand-off: `Policy::Block`, `push().await` / `pop().await`, 1 producer →
-//!   1, 4, 16 consumer tasks, capacity 16 and 1024, vs a bounded async-channel.
+//!   1, 4, 16 consumer tasks, capacity 16 and 1024, vs a bounded async-channel; flume, kanal
+//!   and crossfire in the same shape, each also against async-channel.
 //! - S2 overload, `DropOldest` into capacity 16, 4 consumers at ~1 µs/item: the producer's
 //!   push rate, vs async-channel's `force_send`.
-//! - S3 the same with `DropNewest`, vs async-channel's `try_send`.
-//! - S4 single thread, uncontended: push without waiting + pop polled once with a no-op waker.
+//! - S3 the same with `DropNewest`, vs async-channel's `try_send`; and "S3 peers", the
+//!   `try_send` of flume, kanal and crossfire (4 consumers) vs tokio mpsc's (1 consumer).
+//! - S4 single thread, uncontended: push without waiting + pop polled once with a no-op waker,
+//!   vs async-channel; flume, kanal, crossfire, tokio mpsc and a `VecDeque` beside it.
 //! - S5 the whole `Pipeline` (Block, capacity 1024, 4 workers, ~1 µs/item, N items then
 //!   shutdown) vs 4 hand-written tasks reading a bounded async-channel, joined at the end.
 //! - S5T the same pipeline with a time-based feature (`measure_queue_delay`, `max_age`,
@@ -34,9 +39,16 @@
 //!   1 ms), vs the same hand-written pool; and S5L, an item's latency from its push to the
 //!   start of its batch's work (p50, p99) at a steady 100k items/s, which the workers keep
 //!   up with: the bound to check is `max_wait` + the batch's service time.
+//! - S6 many to many: `Policy::Block`, capacity 1024, 4 producer tasks → 4 consumer tasks,
+//!   1M items, vs async-channel, flume, kanal and crossfire; each variant asserts that every
+//!   item arrived exactly once (count, sum and sum of squares of the ids).
 //! - MEM peak RSS (`VmHWM`) of a burst into a pipeline (DropOldest, capacity 1024, slow
 //!   workers) vs an unbounded async-channel; each measured in a child process.
 //! - SD shutdown: a full backlog of fast work, and workers stuck in `pending()`.
+//!
+//! The peers are bounded async MPMC channels behind [`peer_channel::PeerChannel`]:
+//! `async_channel::bounded`, `flume::bounded` (`send_async` / `recv_async`),
+//! `kanal::bounded_async` and `crossfire::mpmc::bounded_async`, each at its default settings.
 //!
 //! "async-lock Mutex copy" rows measure [`async_lock_copy::AsyncLockQueue`], a copy of the
 //! semaphore queue with `async_lock::Mutex` in place of its `std::sync::Mutex` (the design's
@@ -57,6 +69,8 @@ mod async_lock_copy;
 mod bench_queue;
 #[path = "compare/chart.rs"]
 mod chart;
+#[path = "compare/peer_channel.rs"]
+mod peer_channel;
 #[path = "compare/report.rs"]
 mod report;
 #[path = "compare/runtime.rs"]
@@ -67,6 +81,8 @@ mod semaphore_copy;
 mod shapes;
 #[path = "compare/suite.rs"]
 mod suite;
+#[path = "common/svg.rs"]
+mod svg;
 
 use std::thread;
 use std::time::Instant;

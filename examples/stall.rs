@@ -95,6 +95,8 @@ mod chart;
 mod metrics;
 #[path = "stall/scenario.rs"]
 mod scenario;
+#[path = "common/svg.rs"]
+mod svg;
 
 use std::thread;
 use std::time::{Duration, Instant};

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use crate::report::Summary;
 use crate::shapes::MEM_BURSTS;
 use crate::suite::{CHANNEL, COPY, OURS};
+use crate::svg::{nice_ceiling, trim, xml};
 
 /// Two panels drawn by hand: S1 throughput against consumer count, peak RSS against burst.
 pub(crate) fn svg(summaries: &[Summary], header: &str) -> String {
@@ -187,29 +188,4 @@ fn panel(
             xml(name)
         );
     }
-}
-
-fn nice_ceiling(v: f64) -> f64 {
-    let magnitude = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * magnitude)
-        .find(|&c| c >= v)
-        .unwrap_or(10.0 * magnitude)
-}
-
-fn trim(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

@@ -6,13 +6,14 @@ use std::time::Duration;
 use backpressure_pipeline::{Codel, Policy, Queue};
 
 use crate::async_lock_copy::AsyncLockQueue;
+use crate::peer_channel::{AsyncChannel, Crossfire, Flume, Kanal};
 use crate::report::{Base, Row, Unit};
 use crate::semaphore_copy::SemaphoreQueue;
 use crate::shapes::{
-    mem_in_child, overload_channel, overload_peer, overload_queue, s1_channel, s1_queue,
-    s4_async_channel, s4_flume, s4_queue, s4_tokio, s4_vecdeque, s5_batched, s5_latency,
-    s5_pipeline, s5_pool, s5_timed, sd_backlog_pipeline, sd_backlog_pool, sd_stuck, MEM_BURSTS,
-    S5B_SIZES, SD_DEADLINE, SD_GRACE,
+    mem_in_child, overload_channel, overload_peer, overload_queue, overload_tokio, s1_channel,
+    s1_queue, s4_channel, s4_queue, s4_tokio, s4_vecdeque, s5_batched, s5_latency, s5_pipeline,
+    s5_pool, s5_timed, s6_channel, s6_queue, sd_backlog_pipeline, sd_backlog_pool, sd_stuck,
+    MEM_BURSTS, S5B_SIZES, SD_DEADLINE, SD_GRACE,
 };
 
 // The variants' row names, shared with the chart.
@@ -23,6 +24,9 @@ const COPY_SYNC: &str = "async-lock Mutex copy try_push";
 const SEM: &str = "Queue (semaphore copy)";
 const SEM_SYNC: &str = "Queue try_push (semaphore copy)";
 pub(crate) const CHANNEL: &str = "async-channel";
+const FLUME: &str = "flume";
+const KANAL: &str = "kanal";
+const CROSSFIRE: &str = "crossfire";
 
 /// A variant of a shape: its name, what its ratio is against, and one measurement.
 type Variant<'a> = (&'a str, Base, Box<dyn Fn() -> f64>);
@@ -95,6 +99,9 @@ impl Suite {
         if self.wants("S5B") {
             self.batched();
         }
+        if self.wants("S6") {
+            self.many_to_many();
+        }
         if self.wants("MEM") {
             self.memory();
         }
@@ -103,7 +110,8 @@ impl Suite {
         }
     }
 
-    /// S1: back-pressure hand-off at capacity 16 and 1024, 1 producer → 1, 4, 16 consumers.
+    /// S1: back-pressure hand-off at capacity 16 and 1024, 1 producer → 1, 4, 16 consumers,
+    /// against async-channel, as are the other peers.
     fn handoff(&mut self) {
         let ch = || Base::Variant(CHANNEL);
         for capacity in [16, 1024] {
@@ -130,7 +138,22 @@ impl Suite {
                         (
                             CHANNEL,
                             Base::None,
-                            Box::new(move || s1_channel(capacity, consumers)),
+                            Box::new(move || s1_channel::<AsyncChannel>(capacity, consumers)),
+                        ),
+                        (
+                            FLUME,
+                            ch(),
+                            Box::new(move || s1_channel::<Flume>(capacity, consumers)),
+                        ),
+                        (
+                            KANAL,
+                            ch(),
+                            Box::new(move || s1_channel::<Kanal>(capacity, consumers)),
+                        ),
+                        (
+                            CROSSFIRE,
+                            ch(),
+                            Box::new(move || s1_channel::<Crossfire>(capacity, consumers)),
                         ),
                     ],
                 );
@@ -198,31 +221,42 @@ impl Suite {
         }
     }
 
-    /// S3's peers: the shedding `try_send` of flume and tokio mpsc.
+    /// S3's peers: the shedding `try_send` of flume, kanal, crossfire and tokio mpsc.
     fn overload_peers(&mut self) {
+        let vs_tokio = || Base::Variant("tokio mpsc try_send (1 consumer)");
         self.measure(
             "S3 peers: try_send into a full channel",
             Unit::ItemsPerSec,
             vec![
                 (
                     OURS_SYNC,
-                    Base::Variant("tokio mpsc try_send (1 consumer)"),
+                    vs_tokio(),
                     Box::new(|| overload_queue::<Queue<u64>>(Policy::DropNewest, true)),
                 ),
                 (
                     OURS,
-                    Base::Variant("tokio mpsc try_send (1 consumer)"),
+                    vs_tokio(),
                     Box::new(|| overload_queue::<Queue<u64>>(Policy::DropNewest, false)),
                 ),
                 (
                     "flume try_send",
-                    Base::Variant("tokio mpsc try_send (1 consumer)"),
-                    Box::new(|| overload_peer("flume")),
+                    vs_tokio(),
+                    Box::new(overload_peer::<Flume>),
+                ),
+                (
+                    "kanal try_send",
+                    vs_tokio(),
+                    Box::new(overload_peer::<Kanal>),
+                ),
+                (
+                    "crossfire try_send",
+                    vs_tokio(),
+                    Box::new(overload_peer::<Crossfire>),
                 ),
                 (
                     "tokio mpsc try_send (1 consumer)",
                     Base::None,
-                    Box::new(|| overload_peer("tokio")),
+                    Box::new(overload_tokio),
                 ),
             ],
         );
@@ -238,8 +272,10 @@ impl Suite {
                 (OURS, ch(), Box::new(s4_queue::<Queue<u64>>)),
                 (COPY, ch(), Box::new(s4_queue::<AsyncLockQueue<u64>>)),
                 (SEM, ch(), Box::new(s4_queue::<SemaphoreQueue<u64>>)),
-                (CHANNEL, Base::None, Box::new(s4_async_channel)),
-                ("flume", ch(), Box::new(s4_flume)),
+                (CHANNEL, Base::None, Box::new(s4_channel::<AsyncChannel>)),
+                (FLUME, ch(), Box::new(s4_channel::<Flume>)),
+                (KANAL, ch(), Box::new(s4_channel::<Kanal>)),
+                (CROSSFIRE, ch(), Box::new(s4_channel::<Crossfire>)),
                 ("tokio mpsc", ch(), Box::new(s4_tokio)),
                 ("VecDeque (floor)", ch(), Box::new(s4_vecdeque)),
             ],
@@ -325,6 +361,22 @@ impl Suite {
                 ],
             );
         }
+    }
+
+    /// S6: 4 producers → 4 consumers, each variant checked for exactly-once delivery.
+    fn many_to_many(&mut self) {
+        let ch = || Base::Variant(CHANNEL);
+        self.measure(
+            "S6 Block cap 1024, 4→4",
+            Unit::ItemsPerSec,
+            vec![
+                (OURS, ch(), Box::new(s6_queue::<Queue<u64>>)),
+                (CHANNEL, Base::None, Box::new(s6_channel::<AsyncChannel>)),
+                (FLUME, ch(), Box::new(s6_channel::<Flume>)),
+                (KANAL, ch(), Box::new(s6_channel::<Kanal>)),
+                (CROSSFIRE, ch(), Box::new(s6_channel::<Crossfire>)),
+            ],
+        );
     }
 
     /// MEM: peak RSS of each burst, each in its own process.

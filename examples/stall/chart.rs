@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::metrics::{Numbers, Rules};
 use super::scenario::Mode;
+use crate::svg::{nice_ceiling, trim, xml};
 
 /// One mode's colour, the same in both panels.
 const COLOURS: [&str; 4] = ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"];
@@ -249,29 +250,4 @@ fn frame(out: &mut String, x0: f64, y0: f64, title: &str, top: f64) {
             trim(v)
         );
     }
-}
-
-fn nice_ceiling(v: f64) -> f64 {
-    let magnitude = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * magnitude)
-        .find(|&c| c >= v)
-        .unwrap_or(10.0 * magnitude)
-}
-
-fn trim(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

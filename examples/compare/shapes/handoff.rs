@@ -1,5 +1,5 @@
 //! S1, back-pressure hand-off: `Policy::Block`, `push().await` / `pop().await`, 1 producer
-//! → 1, 4, 16 consumer tasks, vs a bounded async-channel.
+//! → 1, 4, 16 consumer tasks, vs bounded async-channel, flume, kanal and crossfire channels.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use backpressure_pipeline::Policy;
 
 use crate::bench_queue::BenchQueue;
+use crate::peer_channel::PeerChannel;
 use crate::runtime::{ex, run};
 
 const S1_ITEMS: u64 = 300_000;
@@ -43,8 +44,9 @@ pub(crate) fn s1_queue<Q: BenchQueue>(capacity: usize, consumers: usize) -> f64 
     S1_ITEMS as f64 / start.elapsed().as_secs_f64()
 }
 
-pub(crate) fn s1_channel(capacity: usize, consumers: usize) -> f64 {
-    let (tx, rx) = async_channel::bounded::<u64>(capacity);
+/// The same with a peer: each consumer holds a receiver; dropping the sender closes it.
+pub(crate) fn s1_channel<P: PeerChannel>(capacity: usize, consumers: usize) -> f64 {
+    let (tx, rx) = P::bounded(capacity);
     let start = Instant::now();
     let total = run(async move {
         let tasks: Vec<_> = (0..consumers)
@@ -52,7 +54,7 @@ pub(crate) fn s1_channel(capacity: usize, consumers: usize) -> f64 {
                 let rx = rx.clone();
                 ex().spawn(async move {
                     let mut n = 0u64;
-                    while let Ok(item) = rx.recv().await {
+                    while let Some(item) = P::recv(&rx).await {
                         black_box(item);
                         n += 1;
                     }
@@ -62,7 +64,7 @@ pub(crate) fn s1_channel(capacity: usize, consumers: usize) -> f64 {
             .collect();
         drop(rx);
         for i in 0..S1_ITEMS {
-            tx.send(i).await.expect("receivers alive");
+            assert!(P::send(&tx, i).await, "receivers alive");
         }
         drop(tx);
         let mut total = 0;

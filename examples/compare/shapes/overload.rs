@@ -1,6 +1,6 @@
 //! S2 and S3, overload into capacity 16 with 4 consumers at ~1 µs per item: the producer's
 //! push rate with `DropOldest` (vs async-channel's `force_send`) and `DropNewest` (vs
-//! `try_send` on async-channel, flume and tokio mpsc).
+//! `try_send` on async-channel, flume, kanal, crossfire and tokio mpsc).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::Instant;
 use backpressure_pipeline::Policy;
 
 use crate::bench_queue::BenchQueue;
+use crate::peer_channel::PeerChannel;
 use crate::runtime::{ex, run, work};
 
 /// Items pushed per repetition: S3 sheds most of them at a lock-free check, so it needs more.
@@ -52,56 +53,58 @@ pub(crate) fn overload_queue<Q: BenchQueue>(policy: Policy, sync_push: bool) -> 
     items as f64 / elapsed.as_secs_f64()
 }
 
-/// S3's peers that shed the incoming item: flume's `try_send` (4 consumers, as the others)
-/// and tokio mpsc's `try_send` (one consumer task: tokio's channel has one receiver; it does
-/// the four consumers' work in turn, so the channel is full as often as the others).
-pub(crate) fn overload_peer(peer: &'static str) -> f64 {
+/// S3's peers that shed the incoming item: flume's, kanal's and crossfire's `try_send`, with
+/// 4 consumers as the others.
+pub(crate) fn overload_peer<P: PeerChannel>() -> f64 {
     let items = S3_ITEMS;
+    let (tx, rx) = P::bounded(OVERLOAD_CAPACITY);
     let elapsed = run(async move {
-        match peer {
-            "flume" => {
-                let (tx, rx) = flume::bounded::<u64>(OVERLOAD_CAPACITY);
-                let tasks: Vec<_> = (0..OVERLOAD_CONSUMERS)
-                    .map(|_| {
-                        let rx = rx.clone();
-                        ex().spawn(async move {
-                            while let Ok(item) = rx.recv_async().await {
-                                work();
-                                black_box(item);
-                            }
-                        })
-                    })
-                    .collect();
-                drop(rx);
-                let start = Instant::now();
-                for i in 0..items {
-                    black_box(tx.try_send(i).err());
-                }
-                let elapsed = start.elapsed();
-                drop(tx);
-                for task in tasks {
-                    task.await;
-                }
-                elapsed
-            }
-            _ => {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(OVERLOAD_CAPACITY);
-                let task = ex().spawn(async move {
-                    while let Some(item) = rx.recv().await {
+        let tasks: Vec<_> = (0..OVERLOAD_CONSUMERS)
+            .map(|_| {
+                let rx = rx.clone();
+                ex().spawn(async move {
+                    while let Some(item) = P::recv(&rx).await {
                         work();
                         black_box(item);
                     }
-                });
-                let start = Instant::now();
-                for i in 0..items {
-                    black_box(tx.try_send(i).err());
-                }
-                let elapsed = start.elapsed();
-                drop(tx);
-                task.await;
-                elapsed
-            }
+                })
+            })
+            .collect();
+        drop(rx);
+        let start = Instant::now();
+        for i in 0..items {
+            black_box(P::try_send(&tx, i));
         }
+        let elapsed = start.elapsed();
+        drop(tx);
+        for task in tasks {
+            task.await;
+        }
+        elapsed
+    });
+    items as f64 / elapsed.as_secs_f64()
+}
+
+/// tokio mpsc's `try_send`, with one consumer task: tokio's channel has one receiver; it does
+/// the four consumers' work in turn, so the channel is full as often as the others.
+pub(crate) fn overload_tokio() -> f64 {
+    let items = S3_ITEMS;
+    let elapsed = run(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(OVERLOAD_CAPACITY);
+        let task = ex().spawn(async move {
+            while let Some(item) = rx.recv().await {
+                work();
+                black_box(item);
+            }
+        });
+        let start = Instant::now();
+        for i in 0..items {
+            black_box(tx.try_send(i).err());
+        }
+        let elapsed = start.elapsed();
+        drop(tx);
+        task.await;
+        elapsed
     });
     items as f64 / elapsed.as_secs_f64()
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 use backpressure_pipeline::Policy;
 
 use crate::bench_queue::BenchQueue;
+use crate::peer_channel::PeerChannel;
 
 const PAIRS: u64 = 2_000_000;
 
@@ -39,19 +40,12 @@ pub(crate) fn s4_queue<Q: BenchQueue>() -> f64 {
     })
 }
 
-pub(crate) fn s4_async_channel() -> f64 {
-    let (tx, rx) = async_channel::bounded::<u64>(1024);
+/// A peer's pair: `try_send`, then `recv` polled once (all four are MPMC channels).
+pub(crate) fn s4_channel<P: PeerChannel>() -> f64 {
+    let (tx, rx) = P::bounded(1024);
     time_pairs(|i| {
-        let _ = black_box(tx.try_send(i));
-        let _ = black_box(poll_ready(rx.recv()));
-    })
-}
-
-pub(crate) fn s4_flume() -> f64 {
-    let (tx, rx) = flume::bounded::<u64>(1024);
-    time_pairs(|i| {
-        let _ = black_box(tx.try_send(i));
-        let _ = black_box(poll_ready(rx.recv_async()));
+        black_box(P::try_send(&tx, i));
+        black_box(poll_ready(P::recv(&rx)));
     })
 }
 
