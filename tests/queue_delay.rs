@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backpressure_pipeline::{
-    Batch, BoxFuture, BuildError, Codel, ConfigError, Expired, Pipeline, Policy, PressureLevel,
-    PushOutcome, Queue, Report, SpawnError, Spawner, StopCause,
+    Batch, BoxFuture, BuildError, Codel, ConfigError, Expired, OnPanic, Pipeline, Policy,
+    PressureLevel, PushOutcome, Queue, Report, SpawnError, Spawner, StopCause,
 };
 use common::clock::{ManualClock, ManualSpawner};
 use common::delay::{accept, expired_log, gated, logged, recorder, until_logged};
@@ -304,6 +304,59 @@ async fn the_shed_hook_sees_every_loss_at_the_door_and_at_the_exit(sp: Sp) {
         report.dropped + report.expired,
         "{report}"
     );
+}
+
+async fn the_law_holds_with_expired_when_a_panic_stops_the_pipeline(sp: Sp) {
+    // Items expired, one processed, one panicking under `OnPanic::StopPipeline`, the rest
+    // handed back: every term of the law in one run.
+    let (spawner, clock) = ManualSpawner::new(sp);
+    let log = expired_log();
+    let (gate, held) = gate();
+    let pipeline = Pipeline::builder(8, Policy::DropNewest)
+        .max_age(10 * MS)
+        .on_expired(recorder(&log))
+        .on_panic(OnPanic::StopPipeline)
+        .spawn(spawner, move |id: u32| {
+            let held = held.clone();
+            async move {
+                held.hold(id).await;
+                assert_ne!(id, 4, "the item that stops the pipeline");
+            }
+        })
+        .unwrap();
+    accept(&pipeline, 0).await;
+    assert_eq!(gate.next().await, 0);
+    for id in 1..=3 {
+        accept(&pipeline, id).await; // t = 0: these expire
+    }
+    clock.advance(11 * MS);
+    for id in 4..=6 {
+        accept(&pipeline, id).await; // t = 11 ms: fresh
+    }
+    for id in 7..=20 {
+        let _ = pipeline.try_push(id); // 7 and 8 fill the queue; the rest are shed
+    }
+    gate.release(); // 0 processed; 1..=3 expire; 4 is taken
+    assert_eq!(gate.next().await, 4);
+    gate.release(); // 4 panics: the pipeline stops, 5..=8 stay queued
+    while !pipeline.is_closed() {
+        common::yield_now().await; // the panic stop closes the queue (the watchdog bounds it)
+    }
+    let report = pipeline.shutdown().await;
+    assert!(report.is_conserved(), "{report}");
+    assert_eq!(report.cause, StopCause::Panic, "{report}");
+    assert_eq!(
+        (
+            report.processed,
+            report.expired,
+            report.panicked,
+            report.dropped,
+            report.handed_back
+        ),
+        (1, 3, 1, 12, 4),
+        "{report}"
+    );
+    assert_eq!(pipeline.take_leftovers(), [5, 6, 7, 8]);
 }
 
 async fn a_panicking_expired_hook_does_not_stop_the_worker(sp: Sp) {
@@ -670,6 +723,7 @@ on_every_runtime!(
     ttl_applies_while_draining,
     stale_items_left_at_the_deadline_are_handed_back_not_expired,
     the_shed_hook_sees_every_loss_at_the_door_and_at_the_exit,
+    the_law_holds_with_expired_when_a_panic_stops_the_pipeline,
     a_panicking_expired_hook_does_not_stop_the_worker,
     codel_enters_drops_and_leaves_on_a_scripted_trace,
     codel_lifo_serves_the_newest_while_dropping,
