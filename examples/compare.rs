@@ -12,6 +12,10 @@
 //! are interleaved within each repetition, so a noisy neighbour hits them alike, and each
 //! ratio compares medians taken in the same process run. With `--runs N` the whole suite runs
 //! N times and a final table gives the median over the runs of each run's median and ratio.
+//! Each row that is not a peer's also gives its ratio against the fastest peer of its shape
+//! in the same run (the peers: async-channel, flume, kanal, crossfire, tokio mpsc and the
+//! hand-written pools; in the final table, the median of those ratios, named by the peer that
+//! was fastest in most runs).
 //!
 //! Options: `--runs N`, `--reps N`, `--only S1,S2,S3,S4,S5,S5T,S5B,S6,MEM,SD`, `--svg PATH`
 //! (writes the chart from the final table), `--work-iters N` (fixes the ~1 µs busy work

@@ -76,7 +76,8 @@ fn min_max(values: &[f64]) -> (f64, f64) {
         })
 }
 
-/// A row as printed: median, spread, ratio (ours / base, in the row's unit).
+/// A row as printed: median, spread, ratio (ours / base, in the row's unit), and the ratio
+/// against the fastest peer of its shape in the same run.
 #[derive(Clone)]
 pub(crate) struct Summary {
     pub(crate) shape: String,
@@ -85,6 +86,51 @@ pub(crate) struct Summary {
     pub(crate) median: f64,
     pub(crate) spread: (f64, f64),
     pub(crate) ratio: Option<(f64, String)>,
+    pub(crate) vs_fastest: Option<(f64, String)>,
+}
+
+/// The rows that are other libraries (or the hand-written pool on one), by name: what
+/// "the fastest peer" of a shape is chosen from.
+const PEERS: [&str; 8] = [
+    "async-channel",
+    "flume",
+    "kanal",
+    "crossfire",
+    "tokio mpsc",
+    "hand-written pool",
+    "unbounded async-channel",
+    "pool close+join",
+];
+
+fn is_peer(variant: &str) -> bool {
+    PEERS.iter().any(|peer| variant.starts_with(peer))
+}
+
+impl Unit {
+    /// Whether a larger number is better.
+    fn higher_is_better(self) -> bool {
+        matches!(self, Unit::ItemsPerSec)
+    }
+}
+
+/// The fastest peer of `shape` in `rows` (by median), with its median.
+fn fastest_peer<'a>(rows: &'a [Row], shape: &str) -> Option<(&'a str, f64)> {
+    rows.iter()
+        .filter(|r| r.shape == shape && is_peer(&r.variant))
+        .map(|r| (r.variant.as_str(), median(&r.samples), r.unit))
+        .reduce(|best, r| {
+            let better = if r.2.higher_is_better() {
+                r.1 > best.1
+            } else {
+                r.1 < best.1
+            };
+            if better {
+                r
+            } else {
+                best
+            }
+        })
+        .map(|(name, med, _)| (name, med))
 }
 
 /// Each row's median, spread and ratio against its base (a row of the same shape).
@@ -101,6 +147,10 @@ pub(crate) fn summarize(rows: &[Row]) -> Vec<Summary> {
                     .map(|r| (med / median(&r.samples), name.to_string())),
                 Base::Fixed(name, value) => Some((med / value, name.to_string())),
             };
+            // Only the rows that are not peers: a peer against itself says nothing.
+            let vs_fastest = fastest_peer(rows, &row.shape)
+                .filter(|_| !is_peer(&row.variant))
+                .map(|(name, best)| (med / best, name.to_string()));
             Summary {
                 shape: row.shape.clone(),
                 variant: row.variant.clone(),
@@ -108,6 +158,7 @@ pub(crate) fn summarize(rows: &[Row]) -> Vec<Summary> {
                 median: med,
                 spread: min_max(&row.samples),
                 ratio,
+                vs_fastest,
             }
         })
         .collect()
@@ -124,7 +175,7 @@ pub(crate) fn print_table(title: &str, summaries: &[Summary], spread_label: &str
         .unwrap_or(0)
         .max(26);
     println!(
-        "{:<34} {:<vw$} {:<11} {:>9} {:>19}  ratio (this / base)",
+        "{:<34} {:<vw$} {:<11} {:>9} {:>19}  ratio (this / base); against the fastest peer",
         "shape", "variant", "unit", "median", spread_label
     );
     let mut last_shape = "";
@@ -134,10 +185,13 @@ pub(crate) fn print_table(title: &str, summaries: &[Summary], spread_label: &str
         }
         last_shape = &s.shape;
         let spread = format!("{}–{}", s.unit.fmt(s.spread.0), s.unit.fmt(s.spread.1));
-        let ratio = match &s.ratio {
+        let mut ratio = match &s.ratio {
             Some((r, base)) => format!("{r:.2}× {base}"),
             None => String::new(),
         };
+        if let Some((r, peer)) = &s.vs_fastest {
+            ratio.push_str(&format!("; {r:.2}× fastest peer ({peer})"));
+        }
         println!(
             "{:<34} {:<vw$} {:<11} {:>9} {:>19}  {}",
             s.shape,
@@ -161,6 +215,22 @@ pub(crate) fn combine(runs: &[Vec<Summary>]) -> Vec<Summary> {
                 .iter()
                 .filter_map(|run| run[i].ratio.as_ref().map(|r| r.0))
                 .collect();
+            // The fastest peer may differ from run to run: the median of the ratios, named
+            // by the peer that was fastest most often.
+            let against: Vec<&(f64, String)> = runs
+                .iter()
+                .filter_map(|run| run[i].vs_fastest.as_ref())
+                .collect();
+            let vs_fastest = (!against.is_empty()).then(|| {
+                let values: Vec<f64> = against.iter().map(|(r, _)| *r).collect();
+                let mut names: Vec<&str> = against.iter().map(|(_, n)| n.as_str()).collect();
+                names.sort_unstable();
+                let most = names
+                    .chunk_by(|a, b| a == b)
+                    .max_by_key(|group| group.len())
+                    .map_or("", |group| group[0]);
+                (median(&values), most.to_string())
+            });
             Summary {
                 shape: first.shape.clone(),
                 variant: first.variant.clone(),
@@ -171,6 +241,7 @@ pub(crate) fn combine(runs: &[Vec<Summary>]) -> Vec<Summary> {
                     .ratio
                     .as_ref()
                     .map(|(_, base)| (median(&ratios), base.clone())),
+                vs_fastest,
             }
         })
         .collect()
