@@ -196,6 +196,14 @@ impl<T> Inner<T> {
     }
 }
 
+/// A queue's delays at one instant (all empty unless items are stamped).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct QueueDelays {
+    pub(crate) oldest_age: Option<Duration>,
+    pub(crate) histogram: Option<DelayHistogram>,
+    pub(crate) overloaded: bool,
+}
+
 /// Wakers gathered under the buffer lock, woken or dropped once it is released: no user
 /// code (waking, cloning or dropping a waker is the runtime's code) runs under the lock.
 #[must_use = "wake them after releasing the lock"]
@@ -403,21 +411,21 @@ impl<T> Queue<T> {
         self.clock.as_ref().map(|clock| clock.now())
     }
 
-    /// The age of the oldest item, the delays of the items served, and whether CoDel is
-    /// dropping: `(None, None, false)` unless items are stamped.
-    pub(crate) fn delays(&self) -> (Option<Duration>, Option<DelayHistogram>, bool) {
-        let Some(now) = self.stamp() else {
-            return (None, None, false);
-        };
+    /// The counters and, when items are stamped, the queue delays, in one critical section
+    /// (the clock read before it): the age of the oldest item, the delays of the items
+    /// served, and whether CoDel is dropping.
+    pub(crate) fn snapshot(&self) -> (QueueStats, QueueDelays) {
+        let now = self.stamp();
         let inner = self.lock();
-        match inner.timed_ref() {
-            Some(timed) => (
-                Some(timed.oldest_age(now).unwrap_or_default()),
-                Some(timed.delays),
-                timed.overloaded(),
-            ),
-            None => (None, None, false),
-        }
+        let delays = match (now, inner.timed_ref()) {
+            (Some(now), Some(timed)) => QueueDelays {
+                oldest_age: Some(timed.oldest_age(now).unwrap_or_default()),
+                histogram: Some(timed.delays),
+                overloaded: timed.overloaded(),
+            },
+            _ => QueueDelays::default(),
+        };
+        (self.stats_locked(&inner), delays)
     }
 
     /// Pushes an item, waiting for room only under [`Policy::Block`].
@@ -1143,11 +1151,15 @@ impl<T> Queue<T> {
     /// # Ok::<(), backpressure_pipeline::ConfigError>(())
     /// ```
     pub fn stats(&self) -> QueueStats {
-        let inner = self.lock();
+        self.stats_locked(&self.lock())
+    }
+
+    /// The counters, read under the buffer lock the caller holds.
+    fn stats_locked(&self, inner: &Inner<T>) -> QueueStats {
         QueueStats {
             accepted: inner.accepted,
-            // Acquire: sheds counted without the lock before this instant (invariant 5).
-            // Invariant 5: once closed, the count the close stored.
+            // Invariant 5: once closed, the count the close stored; before, the live count
+            // (Acquire: sheds counted without the lock before this instant).
             shed: inner
                 .shed_at_close
                 .unwrap_or_else(|| self.state.0.load(Ordering::Acquire) & !CLOSED),

@@ -53,8 +53,8 @@ pub struct QueueStats {
 /// counters are read first and the queue's after them, in one snapshot under its lock: no
 /// counter goes backwards, and `processed + failed + panicked` never exceeds the items the
 /// workers have taken, so `produced >= processed + failed + dropped + expired + panicked`
-/// in every snapshot. The queue-delay fields (`oldest_age`, `queue_delay`, `overloaded`)
-/// come from a second look under the lock, just after.
+/// in every snapshot. The queue-delay fields (`oldest_age`, `queue_delay`, `overloaded`) are
+/// read in the same look under the queue's lock as its counters.
 ///
 /// # Examples
 ///

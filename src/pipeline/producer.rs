@@ -228,9 +228,14 @@ impl<T> Shared<T> {
     }
 
     pub(super) fn stats(&self) -> Stats {
-        let mut stats = self.fates().stats();
-        // After the counters: a separate look, under the lock again, only when stamped.
-        (stats.oldest_age, stats.queue_delay, stats.overloaded) = self.queue.delays();
+        // The workers' counters first, then the queue's with its delays in one look (as
+        // `fates`).
+        let workers = self.ledger.counts();
+        let (queue, delays) = self.queue.snapshot();
+        let mut stats = Fates { queue, workers }.stats();
+        stats.oldest_age = delays.oldest_age;
+        stats.queue_delay = delays.histogram;
+        stats.overloaded = delays.overloaded;
         stats
     }
 
