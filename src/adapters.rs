@@ -296,7 +296,10 @@ impl<T> Sink<T> for PushSink<T> {
         };
         match outcome {
             PushOutcome::Accepted => Ok(()),
-            PushOutcome::Shed(item) | PushOutcome::Evicted(item) => {
+            // A queue of your own never supersedes (only a coalescing pipeline's does).
+            PushOutcome::Shed(item)
+            | PushOutcome::Evicted(item)
+            | PushOutcome::Superseded(item) => {
                 if let Some(hook) = &mut this.on_shed {
                     (hook.get_mut().unwrap_or_else(PoisonError::into_inner))(item);
                 }

@@ -9,7 +9,7 @@ use crate::stats::Stats;
 
 /// Every name this module records, with its unit and meaning (also in the docs of
 /// [`Pipeline::record_metrics`](crate::Pipeline::record_metrics)).
-const COUNTERS: [(&str, &str); 8] = [
+const COUNTERS: [(&str, &str); 9] = [
     (
         "backpressure_pipeline_produced_total",
         "items pushed while open",
@@ -29,6 +29,10 @@ const COUNTERS: [(&str, &str); 8] = [
     (
         "backpressure_pipeline_expired_total",
         "items shed at the exit for their queue delay",
+    ),
+    (
+        "backpressure_pipeline_superseded_total",
+        "waiting items replaced by a newer one of their key",
     ),
     (
         "backpressure_pipeline_panicked_total",
@@ -93,6 +97,7 @@ pub(crate) fn record(name: &str, stats: &Stats, pressure: Option<PressureLevel>)
         stats.failed,
         stats.dropped,
         stats.expired,
+        stats.superseded,
         stats.panicked,
         stats.retried,
         stats.restarts,

@@ -13,7 +13,7 @@
 //! - [`Pipeline`]: N workers on any runtime through a [`Spawner`], and a structured
 //!   [`shutdown`](Pipeline::shutdown) (stop intake → close → drain → deadline → cancel →
 //!   abort → join every worker) whose [`Report`] satisfies
-//!   `produced == processed + failed + dropped + expired + abandoned + panicked` on every
+//!   `produced == processed + failed + dropped + expired + superseded + abandoned + panicked` on every
 //!   path, and
 //!   which hands back what was accepted but not processed
 //!   ([`take_leftovers`](Pipeline::take_leftovers)).

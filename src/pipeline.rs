@@ -57,7 +57,7 @@ use worker::{drop_each, Exit, Workers};
 /// stops intake, closes the queue, lets the workers drain it until the deadline, then
 /// cancels the worker token, aborts stragglers, joins every worker and returns a
 /// [`Report`] in which
-/// `produced == processed + failed + dropped + expired + abandoned + panicked`;
+/// `produced == processed + failed + dropped + expired + superseded + abandoned + panicked`;
 /// [`take_leftovers`](Pipeline::take_leftovers) then hands back what was accepted but not
 /// processed.
 ///
@@ -277,7 +277,7 @@ impl<T: Send + 'static> Pipeline<T> {
     }
 
     /// A live snapshot of the counters: produced, processed, failed, dropped, expired,
-    /// panicked, retried, restarts, the queue's depth and peak depth, the time it has spent
+    /// superseded, panicked, retried, restarts, the queue's depth and peak depth, the time it has spent
     /// full, and, when items are stamped (a time feature), the oldest item's age, the
     /// queue-delay histogram and whether CoDel is dropping. See [`Stats`].
     ///
@@ -392,6 +392,7 @@ impl<T: Send + 'static> Pipeline<T> {
     /// | `backpressure_pipeline_failed_total` | counter | items |
     /// | `backpressure_pipeline_dropped_total` | counter | items shed or evicted by the policy |
     /// | `backpressure_pipeline_expired_total` | counter | items shed at the exit for their queue delay |
+    /// | `backpressure_pipeline_superseded_total` | counter | waiting items replaced by a newer one of their key |
     /// | `backpressure_pipeline_panicked_total` | counter | items |
     /// | `backpressure_pipeline_retried_total` | counter | attempts |
     /// | `backpressure_pipeline_restarts_total` | counter | worker states rebuilt |
@@ -494,6 +495,7 @@ impl<T: Send + 'static> Pipeline<T> {
     ///         + report.failed
     ///         + report.dropped
     ///         + report.expired
+    ///         + report.superseded
     ///         + report.abandoned
     ///         + report.panicked
     /// );
@@ -654,6 +656,7 @@ impl<T: Send + 'static> Pipeline<T> {
             failed: stats.failed,
             dropped: stats.dropped,
             expired: stats.expired,
+            superseded: stats.superseded,
             abandoned: handed_back + lost_in_flight,
             handed_back,
             lost_in_flight,

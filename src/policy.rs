@@ -54,7 +54,8 @@ pub enum Policy {
 ///
 /// In every case but [`Accepted`] an item comes back to the caller: the incoming one when it was
 /// not taken ([`Shed`], [`Full`], [`Closed`]), or the evicted oldest one when the incoming one
-/// was taken in its place ([`Evicted`]). Nothing is ever reported as accepted when an item was
+/// was taken in its place ([`Evicted`]), or its key's pending item that it replaced
+/// ([`Superseded`](PushOutcome::Superseded)). Nothing is ever reported as accepted when an item was
 /// lost. `Debug` leaves the item out.
 ///
 /// # Examples
@@ -83,6 +84,12 @@ pub enum PushOutcome<T> {
     /// The item was enqueued; the oldest buffered item was evicted to make room
     /// ([`Policy::DropOldest`]) and is returned here.
     Evicted(T),
+    /// The item was enqueued in the place of the pending item of its key, which is returned
+    /// here: a keyed pipeline that coalesces
+    /// ([`PipelineBuilder::coalesce`](crate::PipelineBuilder::coalesce)) keeps only the
+    /// latest item of a key waiting. Not a loss to overload: counted as `superseded`, not
+    /// `dropped`, and not shown to the shed hook.
+    Superseded(T),
     /// The queue was full and the incoming item was shed ([`Policy::DropNewest`]).
     Shed(T),
     /// The queue was full and `try_push` does not wait ([`Policy::Block`]).
@@ -92,7 +99,8 @@ pub enum PushOutcome<T> {
 }
 
 impl<T> PushOutcome<T> {
-    /// Whether the incoming item is now in the queue ([`Accepted`] or [`Evicted`]).
+    /// Whether the incoming item is now in the queue ([`Accepted`], [`Evicted`] or
+    /// [`Superseded`](PushOutcome::Superseded)).
     ///
     /// # Examples
     ///
@@ -106,7 +114,10 @@ impl<T> PushOutcome<T> {
     /// [`Accepted`]: PushOutcome::Accepted
     /// [`Evicted`]: PushOutcome::Evicted
     pub fn is_accepted(&self) -> bool {
-        matches!(self, PushOutcome::Accepted | PushOutcome::Evicted(_))
+        matches!(
+            self,
+            PushOutcome::Accepted | PushOutcome::Evicted(_) | PushOutcome::Superseded(_)
+        )
     }
 
     /// Whether the policy discarded an item ([`Shed`] or [`Evicted`]).
@@ -143,6 +154,7 @@ impl<T> PushOutcome<T> {
         match self {
             PushOutcome::Accepted => None,
             PushOutcome::Evicted(item)
+            | PushOutcome::Superseded(item)
             | PushOutcome::Shed(item)
             | PushOutcome::Full(item)
             | PushOutcome::Closed(item) => Some(item),
@@ -155,6 +167,7 @@ impl<T> fmt::Debug for PushOutcome<T> {
         f.write_str(match self {
             PushOutcome::Accepted => "Accepted",
             PushOutcome::Evicted(_) => "Evicted(..)",
+            PushOutcome::Superseded(_) => "Superseded(..)",
             PushOutcome::Shed(_) => "Shed(..)",
             PushOutcome::Full(_) => "Full(..)",
             PushOutcome::Closed(_) => "Closed(..)",
@@ -200,6 +213,16 @@ pub enum ConfigError {
     /// Watermarks out of range: the low mark must be below the high mark, and the high mark
     /// between 1 and the capacity.
     Watermarks,
+    /// [`per_key`](crate::PipelineBuilder::per_key) was 0.
+    ZeroPerKey,
+    /// [`per_key`](crate::PipelineBuilder::per_key) or
+    /// [`coalesce`](crate::PipelineBuilder::coalesce) without
+    /// [`key_by`](crate::PipelineBuilder::key_by).
+    NoKey,
+    /// [`coalesce`](crate::PipelineBuilder::coalesce) with a
+    /// [`per_key`](crate::PipelineBuilder::per_key) above 1: coalescing runs one item of a
+    /// key at a time.
+    CoalescePerKey,
 }
 
 impl fmt::Display for ConfigError {
@@ -218,6 +241,11 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroMaxAge => "the maximum age must be above zero",
             ConfigError::Codel => "CoDel needs a non-zero target below its interval",
             ConfigError::Watermarks => "watermarks need low < high <= capacity",
+            ConfigError::ZeroPerKey => "per_key must be at least 1",
+            ConfigError::NoKey => "per_key and coalesce need a key: call key_by",
+            ConfigError::CoalescePerKey => {
+                "coalescing runs one item of a key at a time: per_key must be 1"
+            }
         })
     }
 }

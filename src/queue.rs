@@ -56,6 +56,7 @@
 
 mod blocking;
 mod futures;
+mod keyed;
 mod timed;
 mod waiters;
 
@@ -67,7 +68,9 @@ use std::time::{Duration, Instant};
 
 pub(crate) use self::futures::TakeTimed;
 pub use self::futures::{Pop, PopMany, Push};
-use self::timed::{Extras, Marks, Timed};
+pub(crate) use self::keyed::{KeyHash, KeyHasher};
+use self::keyed::Keys;
+use self::timed::{Extras, KeyedLine, Marks, Plain, Timed};
 pub(crate) use self::timed::{PressureCell, Served, Taken, Timing};
 pub(crate) use self::waiters::Ticket;
 use self::waiters::{Left, NeedsWaker, WaitList};
@@ -122,7 +125,15 @@ pub struct Queue<T> {
     /// The clock items are stamped with, only when a time-based feature is configured
     /// (`timed.rs`); `None` reads no clock.
     clock: Option<Arc<dyn Spawner>>,
+    /// An item's key, hashed before the lock, when the queue is keyed (`keyed.rs`).
+    keyer: Option<Keyer<T>>,
+    /// Keyed and coalescing: a push may replace its key's pending item, even when full.
+    coalesce: bool,
 }
+
+/// An item's key identity: the user's key function and its hash (user code, run before the
+/// buffer lock).
+pub(crate) type Keyer<T> = Arc<dyn Fn(&T) -> KeyHash + Send + Sync>;
 
 /// Written under the buffer lock, read without it.
 #[derive(Debug)]
@@ -158,6 +169,7 @@ impl<T> Inner<T> {
     /// The oldest item, served, with its stamp (`pop_front`: no `Drain` for one item).
     #[inline]
     fn take_one(&mut self) -> Option<T> {
+        debug_assert!(self.keys_ref().is_none(), "a keyed queue takes through its lanes");
         self.popped += 1;
         if let Some(timed) = self.timed() {
             timed.stamps.pop_front();
@@ -181,9 +193,59 @@ impl<T> Inner<T> {
             .as_deref_mut()
             .and_then(|extras| extras.timed.as_mut())
             .expect("a timed take from a timed queue");
-        let (taken, served) = timed.take(buf, limit, now);
+        let (taken, served) = timed.take(&mut Plain(buf), limit, now);
         self.popped += served;
         taken
+    }
+
+    /// Up to `limit` items served through the keyed lanes (with their lanes, to release
+    /// when their work is done), and, if timed, those shed at the exit at `now`.
+    fn take_keyed<S: Served<T>>(&mut self, limit: usize, now: Option<Instant>) -> Taken<T, S> {
+        let Inner { buf, extras, .. } = self;
+        let extras = extras.as_deref_mut().expect("a keyed take from a keyed queue");
+        let keys = extras.keys.as_mut().expect("a keyed take from a keyed queue");
+        let mut lanes = Vec::new();
+        let mut line = KeyedLine {
+            buf,
+            keys,
+            lanes: &mut lanes,
+        };
+        let (mut taken, served) = match (extras.timed.as_mut(), now) {
+            (Some(timed), Some(now)) => timed.take(&mut line, limit, now),
+            _ => {
+                use self::timed::Line;
+                let mut taken = Taken::<T, S>::default();
+                let mut served = 0;
+                // Bounded by the data and the limit.
+                while served < limit {
+                    let Some(pos) = line.next(false) else { break };
+                    taken.served.put(line.remove(pos, true));
+                    served += 1;
+                }
+                (taken, served as u64)
+            }
+        };
+        self.popped += served;
+        taken.lanes = lanes;
+        taken
+    }
+
+    /// Whether a popper may take an item now: one is queued (and, when keyed, its key may
+    /// run).
+    #[inline]
+    fn can_take(&self) -> bool {
+        match self.keys_ref() {
+            None => !self.buf.is_empty(),
+            Some(keys) => keys.has_ready(),
+        }
+    }
+
+    fn keys(&mut self) -> Option<&mut Keys> {
+        self.extras.as_deref_mut()?.keys.as_mut()
+    }
+
+    fn keys_ref(&self) -> Option<&Keys> {
+        self.extras.as_deref()?.keys.as_ref()
     }
 
     /// The time-based state, if configured.
@@ -327,7 +389,50 @@ impl<T> Queue<T> {
             capacity,
             policy,
             clock: None,
+            keyer: None,
+            coalesce: false,
         })
+    }
+
+    /// Keys the queue's items (before it is shared): a take serves the oldest item whose
+    /// key has fewer than `per_key` items running, and with `coalesce` a push replaces its
+    /// key's pending item (`keyed.rs`).
+    pub(crate) fn set_keys(&mut self, keyer: Keyer<T>, per_key: usize, coalesce: bool) {
+        self.keyer = Some(keyer);
+        self.coalesce = coalesce;
+        self.lock().extras.get_or_insert_with(Box::default).keys =
+            Some(Keys::new(per_key, coalesce));
+    }
+
+    pub(crate) fn is_keyed(&self) -> bool {
+        self.keyer.is_some()
+    }
+
+    /// The item's key, hashed before the lock (user code), if the queue is keyed.
+    #[inline]
+    fn key_of(&self, item: &T) -> Option<KeyHash> {
+        self.keyer.as_ref().map(|keyer| keyer(item))
+    }
+
+    /// Releases the lanes of served items whose work is done: their keys may run the next
+    /// item, and a popper is woken for each item that may run now.
+    pub(crate) fn release(&self, lanes: &[u32]) {
+        if lanes.is_empty() {
+            return;
+        }
+        let mut after = WakeAfterUnlock::default();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Some(keys) = inner.extras.as_deref_mut().and_then(|x| x.keys.as_mut()) {
+            // Bounded by the lanes given.
+            for &lane in lanes {
+                if keys.release(lane) && inner.poppers.has_waiting() {
+                    after.add(inner.poppers.notify_one());
+                }
+            }
+        }
+        drop(guard);
+        after.wake();
     }
 
     /// Stamps items on `clock` and sheds at the exit as `timing` says (before the queue is
@@ -496,8 +601,9 @@ impl<T> Queue<T> {
             Err(outcome) => return outcome,
         };
         let now = self.stamp();
+        let key = self.key_of(&item);
         let mut wake = WakeAfterUnlock::default();
-        let outcome = self.push_locked(&mut self.lock(), item, now, &mut wake);
+        let outcome = self.push_locked(&mut self.lock(), item, key, now, &mut wake);
         wake.wake();
         outcome
     }
@@ -608,7 +714,8 @@ impl<T> Queue<T> {
     /// Sheds `item` without taking the lock if the policy is `DropNewest` and the queue is
     /// full; otherwise hands it back to be pushed under the lock.
     fn shed_if_full(&self, item: T) -> Result<T, PushOutcome<T>> {
-        if self.policy != Policy::DropNewest || !self.looks_full() {
+        // A coalescing push may replace a pending item even when full: under the lock.
+        if self.policy != Policy::DropNewest || self.coalesce || !self.looks_full() {
             return Ok(item);
         }
         // By invariant 6 the queue is full at this instant, and no lock is needed to know it.
@@ -627,15 +734,20 @@ impl<T> Queue<T> {
         &self,
         inner: &mut Inner<T>,
         item: T,
+        key: Option<KeyHash>,
         now: Option<Instant>,
         wake: &mut WakeAfterUnlock,
     ) -> PushOutcome<T> {
         if self.is_closed() {
             return PushOutcome::Closed(item);
         }
+        let item = match self.supersede(inner, item, key) {
+            Ok(old) => return PushOutcome::Superseded(old),
+            Err(item) => item,
+        };
         // Slots promised to waiting producers are not free (invariant 3).
         if inner.buf.len() + inner.reserved < self.capacity {
-            self.enqueue(inner, item, now, wake);
+            self.enqueue(inner, item, key, now, wake);
             return PushOutcome::Accepted;
         }
         match self.policy {
@@ -659,12 +771,19 @@ impl<T> Queue<T> {
                                 timed.stamps.push_back(now);
                             }
                         }
+                        // And its lane entry: the oldest item is its key's oldest queued.
+                        if let (Some(key), Some(keys)) = (key, inner.keys()) {
+                            keys.remove(0, false);
+                            if keys.push(key) && inner.poppers.has_waiting() {
+                                wake.add(inner.poppers.notify_one());
+                            }
+                        }
                         inner.accepted += 1;
                         inner.evicted += 1;
                         PushOutcome::Evicted(oldest)
                     }
                     None => {
-                        self.enqueue(inner, item, now, wake);
+                        self.enqueue(inner, item, key, now, wake);
                         PushOutcome::Accepted
                     }
                 }
@@ -679,6 +798,7 @@ impl<T> Queue<T> {
         &self,
         inner: &mut Inner<T>,
         item: T,
+        key: Option<KeyHash>,
         now: Option<Instant>,
         wake: &mut WakeAfterUnlock,
     ) {
@@ -689,11 +809,35 @@ impl<T> Queue<T> {
                 timed.stamps.push_back(now);
             }
         }
+        // Keyed, a popper is woken only if the item may run now (its key is not busy).
+        let may_run = match (key, inner.keys()) {
+            (Some(key), Some(keys)) => keys.push(key),
+            _ => true,
+        };
         inner.accepted += 1;
         self.after_change(inner, wake);
-        if inner.poppers.has_waiting() {
+        if may_run && inner.poppers.has_waiting() {
             wake.add(inner.poppers.notify_one());
         }
+    }
+
+    /// Coalescing: puts `item` in the place of its key's pending item and returns that one;
+    /// or gives `item` back. The new item keeps the old one's place, stamp and sequence
+    /// number; the length does not change.
+    #[inline]
+    fn supersede(&self, inner: &mut Inner<T>, item: T, key: Option<KeyHash>) -> Result<T, T> {
+        if !self.coalesce {
+            return Err(item);
+        }
+        let (Some(key), Some(keys)) = (key, inner.keys()) else {
+            return Err(item);
+        };
+        let Some(pos) = keys.pending(key) else {
+            return Err(item);
+        };
+        keys.supersede();
+        inner.accepted += 1;
+        Ok(std::mem::replace(&mut inner.buf[pos], item))
     }
 
     /// Under the lock, after the buffer's length changed: the lock-free copy and the gauges.
@@ -741,6 +885,7 @@ impl<T> Queue<T> {
         &self,
         inner: &mut Inner<T>,
         item: T,
+        key: Option<KeyHash>,
         now: Option<Instant>,
         wake: &mut WakeAfterUnlock,
     ) -> PushOutcome<T> {
@@ -748,8 +893,17 @@ impl<T> Queue<T> {
         if self.is_closed() {
             return PushOutcome::Closed(item);
         }
-        self.enqueue(inner, item, now, wake);
-        PushOutcome::Accepted
+        match self.supersede(inner, item, key) {
+            // The slot is not needed after all: it goes to the next producer in line.
+            Ok(old) => {
+                wake.add(self.grant_room(inner));
+                PushOutcome::Superseded(old)
+            }
+            Err(item) => {
+                self.enqueue(inner, item, key, now, wake);
+                PushOutcome::Accepted
+            }
+        }
     }
 
     /// Waits for room and pushes (under `Block`), in one critical section per poll.
@@ -763,15 +917,53 @@ impl<T> Queue<T> {
         ticket: &mut Option<Ticket>,
         item: &mut Option<T>,
     ) -> Poll<PushOutcome<T>> {
-        assert!(item.is_some(), "a push polled after it completed");
+        let key = self.key_of(item.as_ref().expect("a push polled after it completed"));
         let now = self.stamp();
+        if self.coalesce {
+            // A pending item of the key is replaced at once: no room is needed.
+            if let Some(outcome) = self.try_supersede(ticket, item, key) {
+                return Poll::Ready(outcome);
+            }
+        }
         self.poll_room(cx, ticket, |inner, room, after| {
             let item = item.take().expect("checked on entry");
             match room {
-                Ok(()) => self.push_reserved_locked(inner, item, now, after),
+                Ok(()) => self.push_reserved_locked(inner, item, key, now, after),
                 Err(()) => PushOutcome::Closed(item),
             }
         })
+    }
+
+    /// A waiting coalescing push whose key has a pending item replaces it, leaving the
+    /// producers' line (a slot reserved for it goes to the next in line).
+    fn try_supersede(
+        &self,
+        ticket: &mut Option<Ticket>,
+        item: &mut Option<T>,
+        key: Option<KeyHash>,
+    ) -> Option<PushOutcome<T>> {
+        let mut after = WakeAfterUnlock::default();
+        let mut inner = self.lock();
+        if self.is_closed() {
+            return None;
+        }
+        let old = match self.supersede(&mut inner, item.take()?, key) {
+            Ok(old) => old,
+            Err(back) => {
+                *item = Some(back);
+                return None;
+            }
+        };
+        match inner.producers.leave(ticket) {
+            Some(Left::Notified) => {
+                inner.reserved = inner.reserved.saturating_sub(1);
+                after.add(self.grant_room(&mut inner));
+            }
+            left => after.leave(left),
+        }
+        drop(inner);
+        after.wake();
+        Some(PushOutcome::Superseded(old))
     }
 
     /// Waits for room and reserves a slot (for the sink); `Err` once the queue is closed.
@@ -816,8 +1008,9 @@ impl<T> Queue<T> {
     /// Pushes into a slot reserved by [`poll_reserve`](Queue::poll_reserve).
     pub(crate) fn push_reserved(&self, item: T) -> PushOutcome<T> {
         let now = self.stamp();
+        let key = self.key_of(&item);
         let mut wake = WakeAfterUnlock::default();
-        let outcome = self.push_reserved_locked(&mut self.lock(), item, now, &mut wake);
+        let outcome = self.push_reserved_locked(&mut self.lock(), item, key, now, &mut wake);
         wake.wake();
         outcome
     }
@@ -932,6 +1125,7 @@ impl<T> Queue<T> {
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
         limit: usize,
+        stuck_ends: bool,
         take: impl FnOnce(&mut Inner<T>, usize) -> R,
     ) -> Poll<Option<R>> {
         // Likely to wait: clone the waker now, with no lock held, not in a second turn.
@@ -940,11 +1134,20 @@ impl<T> Queue<T> {
         loop {
             let mut after = WakeAfterUnlock::default();
             let mut inner = self.lock();
-            if inner.buf.is_empty() {
-                if let Some(timed) = inner.timed() {
-                    timed.on_empty();
+            if !inner.can_take() {
+                if inner.buf.is_empty() {
+                    if let Some(timed) = inner.timed() {
+                        timed.on_empty();
+                    }
                 }
-                if self.is_closed() {
+                // Keyed, items of busy keys may be left: their release wakes this line. But a
+                // batch being filled may hold those keys itself: with `stuck_ends` it ends
+                // when no other item can come (closed, or full with nothing to evict).
+                let stuck = stuck_ends
+                    && (self.is_closed()
+                        || (inner.buf.len() + inner.reserved >= self.capacity
+                            && self.policy != Policy::DropOldest));
+                if stuck || (self.is_closed() && inner.buf.is_empty()) {
                     // Empty is final (invariant 4).
                     after.leave(inner.poppers.leave(ticket));
                     drop(inner);
@@ -996,7 +1199,7 @@ impl<T> Queue<T> {
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
     ) -> Poll<Option<T>> {
-        self.poll_take(cx, ticket, 1, |inner, _| inner.take_one())
+        self.poll_take(cx, ticket, 1, false, |inner, _| inner.take_one())
             .map(Option::flatten)
     }
 
@@ -1006,7 +1209,7 @@ impl<T> Queue<T> {
         let mut after = WakeAfterUnlock::default();
         let mut inner = self.lock();
         match inner.poppers.leave(ticket) {
-            Some(Left::Notified) if !inner.buf.is_empty() => {
+            Some(Left::Notified) if inner.can_take() => {
                 after.add(inner.poppers.notify_one());
             }
             left => after.leave(left),
@@ -1165,6 +1368,7 @@ impl<T> Queue<T> {
                 .unwrap_or_else(|| self.state.0.load(Ordering::Acquire) & !CLOSED),
             evicted: inner.evicted,
             expired: inner.timed_ref().map_or(0, |timed| timed.expired),
+            superseded: inner.keys_ref().map_or(0, |keys| keys.superseded),
             popped: inner.popped,
             len: inner.buf.len(),
             peak_len: inner.meter.peak(),
@@ -1183,6 +1387,9 @@ impl<T> Queue<T> {
         if let Some(timed) = inner.timed() {
             timed.stamps.clear();
             timed.on_empty();
+        }
+        if let Some(keys) = inner.keys() {
+            keys.clear();
         }
         self.after_change(&mut inner, &mut wake);
         drop(inner);

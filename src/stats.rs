@@ -36,6 +36,9 @@ pub struct QueueStats {
     /// [`max_age`](crate::PipelineBuilder::max_age) or [`codel`](crate::PipelineBuilder::codel));
     /// 0 for a queue of your own.
     pub expired: u64,
+    /// Pending items replaced by a newer item of their key (a pipeline that
+    /// [`coalesce`](crate::PipelineBuilder::coalesce)s); 0 otherwise.
+    pub superseded: u64,
     /// Items taken out by `pop`, `pop_many` or the stream (or served to a pipeline's workers).
     pub popped: u64,
     /// Items in the queue now.
@@ -86,6 +89,9 @@ pub struct Stats {
     /// Items shed at the queue's exit for their queue delay
     /// ([`max_age`](crate::PipelineBuilder::max_age), [`codel`](crate::PipelineBuilder::codel)).
     pub expired: u64,
+    /// Pending items replaced by a newer item of their key and handed back
+    /// ([`coalesce`](crate::PipelineBuilder::coalesce)); 0 otherwise.
+    pub superseded: u64,
     /// Items whose work panicked.
     pub panicked: u64,
     /// Failed attempts followed by a wait for another one (an item retried twice counts 2).

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -16,7 +17,7 @@ use super::{OnPanic, Pipeline, State, StopCause};
 use crate::cancel::CancellationToken;
 use crate::delay::{Codel, Expired};
 use crate::policy::{ConfigError, Policy};
-use crate::queue::{Queue, Timing};
+use crate::queue::{KeyHasher, Keyer, Queue, Timing};
 use crate::retry::Retry;
 use crate::spawner::{BoxFuture, Spawner};
 use crate::work::{WorkFuture, WorkOutput};
@@ -72,6 +73,7 @@ pub struct PipelineBuilder<T, H = NoErrorHooks> {
     timing: Timing,
     measure_delay: bool,
     watermarks: Option<(usize, usize)>,
+    keys: KeyConfig<T>,
     name: String,
     on_panic: OnPanic,
     retry: Retry,
@@ -422,6 +424,154 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         self
     }
 
+    /// Keys the items: items with the same key are processed in push order, at most
+    /// [`per_key`](Self::per_key) at once (default 1), while items of different keys run in
+    /// parallel on the workers.
+    ///
+    /// A worker takes the oldest queued item whose key has fewer than `per_key` items
+    /// running (taken and not yet finished), skipping only the items of busy keys: there
+    /// are no fixed lanes, so one slow key holds up its own items and no others. An item
+    /// stays running until its work is done: through its retries (a retried item keeps its
+    /// key's order) and, in a batch, until the whole batch is done. Across keys, items are
+    /// served oldest first.
+    ///
+    /// `key` runs once per push, before the queue's lock, as does `K`'s `Hash`; keys are
+    /// told apart by a 128-bit hash with random seeds (two distinct keys share a lane with
+    /// a chance near 2<sup>-128</sup>), so `K` needs no `Eq`.
+    ///
+    /// The capacity still bounds every queued item, of all keys, and the policy applies
+    /// when the queue is full, as without keys:
+    ///
+    /// | policy | when the queue is full |
+    /// |---|---|
+    /// | [`DropNewest`](Policy::DropNewest) | the incoming item is shed |
+    /// | [`DropOldest`](Policy::DropOldest) | the oldest queued item, of any key, is evicted |
+    /// | [`Block`](Policy::Block) | the push waits for a free slot, whichever key frees it |
+    ///
+    /// So a key whose items pile up (a slow key fed faster than one worker serves it) can
+    /// fill the queue, and then new items of every key meet the policy. Watch
+    /// [`Stats::depth`](crate::Stats::depth), or [`coalesce`](Self::coalesce) when only
+    /// a key's latest item matters.
+    ///
+    /// Leftovers are handed back in push order, so each key's in its order (with
+    /// `per_key` above 1, items of one key in flight at once are handed back in the order
+    /// of their workers).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use backpressure_pipeline::{Pipeline, Policy, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// // (account, amount): each account's commands in order, accounts in parallel.
+    /// let pipeline = Pipeline::builder(64, Policy::Block)
+    ///     .workers(4)
+    ///     .key_by(|&(account, _): &(u32, i64)| account)
+    ///     .spawn(SmolSpawner::new(), move |(account, amount)| {
+    ///         let log = log.clone();
+    ///         async move { log.lock().unwrap().push((account, amount)) }
+    ///     })?;
+    /// for amount in 0..10 {
+    ///     for account in 0..3 {
+    ///         let _ = pipeline.push((account, amount)).await;
+    ///     }
+    /// }
+    /// assert!(pipeline.shutdown().await.is_conserved());
+    /// let seen = seen.lock().unwrap();
+    /// for account in 0..3 {
+    ///     let amounts: Vec<i64> = seen.iter().filter(|c| c.0 == account).map(|c| c.1).collect();
+    ///     assert_eq!(amounts, (0..10).collect::<Vec<_>>());
+    /// }
+    /// # Ok::<(), backpressure_pipeline::BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn key_by<K, F>(mut self, key: F) -> Self
+    where
+        K: Hash,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        let hasher = KeyHasher::new();
+        self.keys.keyer = Some(Arc::new(move |item: &T| hasher.hash(&key(item))));
+        self
+    }
+
+    /// How many items of one key may run at once (default 1), with
+    /// [`key_by`](Self::key_by). They start in push order.
+    ///
+    /// # Errors
+    ///
+    /// The pipeline is not built: [`ConfigError::ZeroPerKey`] if `limit` is 0,
+    /// [`ConfigError::NoKey`] without `key_by`, [`ConfigError::CoalescePerKey`] with
+    /// [`coalesce`](Self::coalesce) and a `limit` above 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{BuildError, ConfigError, Pipeline, Policy, SmolSpawner};
+    ///
+    /// let err = Pipeline::builder(8, Policy::Block)
+    ///     .per_key(2) // no key_by
+    ///     .spawn(SmolSpawner::new(), |_: u8| async {})
+    ///     .unwrap_err();
+    /// assert_eq!(err, BuildError::Config(ConfigError::NoKey));
+    /// ```
+    pub fn per_key(mut self, limit: usize) -> Self {
+        self.keys.per_key = Some(limit);
+        self
+    }
+
+    /// Coalesces by key (conflation), with [`key_by`](Self::key_by): a push whose key
+    /// already has an item waiting in the queue replaces it, and the replaced item comes
+    /// back as [`PushOutcome::Superseded`](crate::PushOutcome::Superseded), counted in
+    /// [`Report::superseded`](crate::Report::superseded). A key has at most one item
+    /// running and one waiting, so the workers only ever see a key's latest item: for
+    /// state streams (positions, prices, a config) where only the last value counts.
+    ///
+    /// The new item takes the old one's place in the queue and its arrival time (so
+    /// [`max_age`](Self::max_age) and CoDel count from when the key's wait began). It
+    /// needs no free slot: a push that replaces is never shed, never evicts and never
+    /// waits, whatever the policy; a push of a key with nothing waiting meets the policy
+    /// as usual.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{Pipeline, Policy, PushOutcome, SmolSpawner};
+    ///
+    /// # smol::block_on(async {
+    /// let (started, on_start) = async_channel::unbounded();
+    /// let (release, gate) = async_channel::unbounded::<()>();
+    /// let pipeline = Pipeline::builder(16, Policy::Block)
+    ///     .key_by(|&(sensor, _): &(u8, u32)| sensor)
+    ///     .coalesce()
+    ///     .spawn(SmolSpawner::new(), move |reading: (u8, u32)| {
+    ///         let (started, gate) = (started.clone(), gate.clone());
+    ///         async move {
+    ///             let _ = started.send(reading).await;
+    ///             let _ = gate.recv().await; // held until released (or the gate closes)
+    ///         }
+    ///     })?;
+    /// let _ = pipeline.push((7, 0)).await;
+    /// assert_eq!(on_start.recv().await?, (7, 0)); // running
+    /// assert_eq!(pipeline.push((7, 1)).await, PushOutcome::Accepted); // waiting
+    /// assert_eq!(pipeline.push((7, 2)).await, PushOutcome::Superseded((7, 1)));
+    /// assert_eq!(pipeline.push((7, 3)).await, PushOutcome::Superseded((7, 2)));
+    /// release.close();
+    /// assert_eq!(on_start.recv().await?, (7, 3)); // only the latest ran next
+    /// let report = pipeline.shutdown().await;
+    /// assert_eq!((report.processed, report.superseded), (2, 2));
+    /// assert!(report.is_conserved());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn coalesce(mut self) -> Self {
+        self.keys.coalesce = true;
+        self
+    }
+
     /// Names the pipeline (default `"pipeline"`): its `Debug` output shows the name, and with
     /// the `metrics` feature it is the `pipeline` label of every exported metric (see
     /// `Pipeline::record_metrics`).
@@ -696,6 +846,7 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
             timing: self.timing,
             measure_delay: self.measure_delay,
             watermarks: self.watermarks,
+            keys: self.keys,
             name: self.name,
             on_panic: self.on_panic,
             retry: self.retry,
@@ -980,6 +1131,7 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
         if self.is_timed() {
             queue.set_timing(spawner.clone(), self.timing);
         }
+        self.keys.apply(&mut queue)?;
         if self.workers == 0 {
             return Err(ConfigError::ZeroWorkers.into());
         }
@@ -1073,6 +1225,9 @@ impl<T, H> fmt::Debug for PipelineBuilder<T, H> {
             .field("codel", &self.timing.codel)
             .field("measure_queue_delay", &self.measure_delay)
             .field("watermarks", &self.watermarks)
+            .field("keyed", &self.keys.keyer.is_some())
+            .field("per_key", &self.keys.per_key)
+            .field("coalesce", &self.keys.coalesce)
             .field("name", &self.name)
             .field("on_expired", &self.on_expired.as_ref().map(|_| ".."))
             .field("on_panic", &self.on_panic)
@@ -1098,11 +1253,49 @@ impl<T> PipelineBuilder<T> {
             timing: Timing::default(),
             measure_delay: false,
             watermarks: None,
+            keys: KeyConfig::default(),
             name: String::from("pipeline"),
             on_panic: OnPanic::Isolate,
             retry: Retry::never(),
             start_retry: Retry::attempts(5),
             hooks: NoErrorHooks,
         }
+    }
+}
+
+/// The keyed mode as configured: checked and applied to the queue at build.
+struct KeyConfig<T> {
+    keyer: Option<Keyer<T>>,
+    per_key: Option<usize>,
+    coalesce: bool,
+}
+
+impl<T> Default for KeyConfig<T> {
+    fn default() -> Self {
+        KeyConfig {
+            keyer: None,
+            per_key: None,
+            coalesce: false,
+        }
+    }
+}
+
+impl<T> KeyConfig<T> {
+    fn apply(self, queue: &mut Queue<T>) -> Result<(), ConfigError> {
+        let per_key = self.per_key.unwrap_or(1);
+        let Some(keyer) = self.keyer else {
+            if self.per_key.is_some() || self.coalesce {
+                return Err(ConfigError::NoKey);
+            }
+            return Ok(());
+        };
+        if per_key == 0 {
+            return Err(ConfigError::ZeroPerKey);
+        }
+        if self.coalesce && per_key > 1 {
+            return Err(ConfigError::CoalescePerKey);
+        }
+        queue.set_keys(keyer, per_key, self.coalesce);
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ use futures_util::future::{self, Either, FutureExt};
 
 use super::ledger::{Fate, InHand};
 use super::producer::Shared;
-use super::source::Source;
+use super::source::{Lease, Source};
 use super::worker::{catch_quietly, drop_quietly, Exit};
 use super::{OnPanic, StopCause};
 use crate::policy::ConfigError;
@@ -198,6 +198,8 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
     /// or the deadline passes, rebuild the state after a panic under `OnPanic::Restart`.
     pub(super) async fn run(&self, shared: &Shared<T>, index: usize) -> Exit {
         let mut hand = InHand::new(&shared.ledger);
+        // Keyed items' lanes, released once each unit's work is done (or if this is dropped).
+        let mut lease = Lease::new(&shared.queue);
         // Consecutive panics, for the restart's backoff.
         let mut panics = 0;
         // Dropped quietly however the worker ends (its `Drop` is user code: a panic in it
@@ -214,16 +216,18 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
             }
             // Every stop closes the queue (the stop token's hook), which wakes this take: it
             // drains what is left, then ends the loop.
-            let Some(unit) = self.source.take(shared, index).await else {
+            let Some(unit) = self.source.take(shared, index, &mut lease.lanes).await else {
                 // Closed and empty, for good: workers still waiting to start can stop.
                 shared.drained.cancel();
                 return Exit::Finished;
             };
             hand.take(S::count(&unit));
-            match self
+            let step = self
                 .invoke(shared, index, state.get(), unit, &mut hand)
-                .await
-            {
+                .await;
+            // Done (or handed back): the next item of each key may run.
+            lease.release();
+            match step {
                 Step::Next => panics = 0,
                 Step::Stop => return Exit::Finished,
                 Step::Panicked => match self.on_panic {

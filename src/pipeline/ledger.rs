@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! produced = shed + accepted
-//! accepted = evicted + expired + popped + in queue
+//! accepted = evicted + expired + superseded + popped + in queue
 //! popped   = processed + failed + panicked + lost + parked + in a worker's hands
 //! ```
 
@@ -130,6 +130,7 @@ impl Fates {
             failed: w.failed,
             dropped: q.shed + q.evicted,
             expired: q.expired,
+            superseded: q.superseded,
             panicked: w.panicked,
             retried: w.retried,
             restarts: w.restarts,

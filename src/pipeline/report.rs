@@ -9,7 +9,7 @@ use crate::spawner::SpawnError;
 /// [`Pipeline::shutdown`](crate::Pipeline::shutdown).
 ///
 /// Each accepted item has exactly one fate, and on every path
-/// `produced == processed + failed + dropped + expired + abandoned + panicked`
+/// `produced == processed + failed + dropped + expired + superseded + abandoned + panicked`
 /// ([`is_conserved`](Report::is_conserved)), where
 /// `abandoned == handed_back + lost_in_flight`. Cheap to clone: the handed-back items
 /// themselves are taken with [`Pipeline::take_leftovers`](crate::Pipeline::take_leftovers).
@@ -47,6 +47,10 @@ pub struct Report {
     /// [`on_expired`](crate::PipelineBuilder::on_expired) if one is set (dropped otherwise).
     /// 0 without those features.
     pub expired: u64,
+    /// Items replaced while waiting by a newer item of their key, and handed back to the
+    /// pusher as [`PushOutcome::Superseded`](crate::PushOutcome::Superseded) (a pipeline
+    /// that [`coalesce`](crate::PipelineBuilder::coalesce)s). 0 otherwise.
+    pub superseded: u64,
     /// Accepted items never processed: the pipeline stopped before a worker took them, or
     /// the deadline passed; `handed_back + lost_in_flight`.
     pub abandoned: u64,
@@ -85,7 +89,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether `produced == processed + failed + dropped + expired + abandoned + panicked` and
+    /// Whether `produced == processed + failed + dropped + expired + superseded + abandoned + panicked` and
     /// `abandoned == handed_back + lost_in_flight`.
     ///
     /// # Examples
@@ -105,6 +109,7 @@ impl Report {
                 + self.failed
                 + self.dropped
                 + self.expired
+                + self.superseded
                 + self.abandoned
                 + self.panicked
             && self.abandoned == self.handed_back + self.lost_in_flight
@@ -132,7 +137,8 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "produced {} = processed {} + failed {} + dropped {} + expired {} + abandoned {} \
+            "produced {} = processed {} + failed {} + dropped {} + expired {} + superseded {} \
+             + abandoned {} \
              (handed back {}, lost in flight {}) + panicked {}; retried {}, restarts {}, \
              start failures {}; \
              workers: {} spawned, {} joined, {} aborted, {} not started, {} unresponsive; {:?}{}",
@@ -141,6 +147,7 @@ impl fmt::Display for Report {
             self.failed,
             self.dropped,
             self.expired,
+            self.superseded,
             self.abandoned,
             self.handed_back,
             self.lost_in_flight,

@@ -10,26 +10,66 @@ use std::time::Duration;
 use futures_util::future::{self, Either};
 
 use super::producer::Shared;
-use crate::queue::TakeTimed;
+use crate::queue::{Queue, TakeTimed};
+
+/// The lanes of the keyed items a worker holds, released when their work is done (or when
+/// the worker is dropped: an abort), so that the next item of each key may run.
+pub(super) struct Lease<'a, T> {
+    queue: &'a Queue<T>,
+    pub(super) lanes: Vec<u32>,
+}
+
+impl<'a, T> Lease<'a, T> {
+    pub(super) fn new(queue: &'a Queue<T>) -> Self {
+        Lease {
+            queue,
+            lanes: Vec::new(),
+        }
+    }
+
+    /// The held items' work is done.
+    pub(super) fn release(&mut self) {
+        if !self.lanes.is_empty() {
+            self.queue.release(&self.lanes);
+            self.lanes.clear();
+        }
+    }
+}
+
+impl<T> Drop for Lease<'_, T> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
 
 /// Up to `limit` items (at least one), waiting for the first; empty only when the queue is
-/// closed and empty. Items shed at a timed queue's exit on the way go to the expired hook.
+/// closed and empty. Items shed at a timed queue's exit on the way go to the expired hook;
+/// the lanes of keyed items served go to `lanes`.
 ///
-/// Cancel safe: items are taken in the poll that returns them (the shed ones handed on in
-/// that same poll).
-fn take_some<T: Send + 'static>(
-    shared: &Shared<T>,
+/// Cancel safe: items are taken in the poll that returns them (the shed ones handed on, and
+/// the lanes added, in that same poll).
+/// With `filling` (a batch being filled), it also ends empty when a keyed queue can serve
+/// nothing now and no new item can come in (see `TakeTimed::filling`).
+fn take_some<'a, T: Send + 'static>(
+    shared: &'a Shared<T>,
     limit: usize,
-) -> impl Future<Output = Vec<T>> + Send + '_ {
-    if !shared.queue.is_timed() {
+    filling: bool,
+    lanes: &'a mut Vec<u32>,
+) -> impl Future<Output = Vec<T>> + Send + 'a {
+    if !shared.queue.is_timed() && !shared.queue.is_keyed() {
         return Either::Left(shared.queue.pop_many(limit));
     }
     Either::Right(async move {
         // Ends: each turn takes at least one item out of a bounded queue, or returns.
         loop {
-            let Some(taken) = TakeTimed::<T, Vec<T>>::new(&shared.queue, limit).await else {
+            let mut take = TakeTimed::<T, Vec<T>>::new(&shared.queue, limit);
+            if filling {
+                take = take.filling();
+            }
+            let Some(taken) = take.await else {
                 return Vec::new();
             };
+            lanes.extend(taken.lanes);
             shared.expire(taken.shed);
             if !taken.served.is_empty() {
                 return taken.served;
@@ -45,11 +85,13 @@ pub(super) trait Source<T>: Send + Sync + 'static {
 
     /// The next unit for worker `index`; `None` once the queue is closed and empty. Items
     /// it holds while it waits (a batch being filled) go to the worker's parking slot if it
-    /// is dropped (an abort), to be handed back.
+    /// is dropped (an abort), to be handed back. The lanes of keyed items taken are added
+    /// to `lanes`, for the worker to release when their work is done.
     fn take<'a>(
         &'a self,
         shared: &'a Shared<T>,
         index: usize,
+        lanes: &'a mut Vec<u32>,
     ) -> impl Future<Output = Option<Self::Unit>> + Send + 'a;
 
     /// How many items the unit holds (each counts in the ledger).
@@ -73,15 +115,17 @@ impl<T: Send + 'static> Source<T> for One {
         &'a self,
         shared: &'a Shared<T>,
         _: usize,
+        lanes: &'a mut Vec<u32>,
     ) -> impl Future<Output = Option<T>> + Send + 'a {
         // Holds nothing while it waits: an item is taken in the poll that returns it.
-        if !shared.queue.is_timed() {
+        if !shared.queue.is_timed() && !shared.queue.is_keyed() {
             return Either::Left(shared.queue.pop());
         }
         // Ends: each turn takes at least one item out of a bounded queue, or returns.
         Either::Right(async move {
             loop {
                 let taken = TakeTimed::<T, Option<T>>::new(&shared.queue, 1).await?;
+                lanes.extend(taken.lanes);
                 shared.expire(taken.shed);
                 if taken.served.is_some() {
                     return taken.served;
@@ -175,9 +219,14 @@ impl<T> Drop for Filling<'_, T> {
 impl<T: Send + 'static> Source<T> for Batch {
     type Unit = Vec<T>;
 
-    async fn take(&self, shared: &Shared<T>, index: usize) -> Option<Vec<T>> {
+    async fn take(
+        &self,
+        shared: &Shared<T>,
+        index: usize,
+        lanes: &mut Vec<u32>,
+    ) -> Option<Vec<T>> {
         // One lock for what the queue holds, up to the limit; it waits for the first item.
-        let first = take_some(shared, self.max_items).await;
+        let first = take_some(shared, self.max_items, false, lanes).await;
         if first.is_empty() {
             return None; // closed and empty
         }
@@ -196,10 +245,11 @@ impl<T: Send + 'static> Source<T> for Batch {
         let mut timer = shared.spawner.sleep(self.max_wait);
         // Ends: each turn adds at least one item, or breaks.
         while batch.len() < self.max_items {
-            let more = pin!(take_some(shared, self.max_items - batch.len()));
+            let more = pin!(take_some(shared, self.max_items - batch.len(), true, lanes));
             match future::select(more, &mut timer).await {
-                // Empty only when the queue is closed and empty (close wakes this wait):
-                // deliver what there is at once, never after waiting for the time.
+                // Empty only when the queue is closed and empty (close wakes this wait), or
+                // keyed and stuck (`take_some`): deliver what there is at once, never after
+                // waiting for the time.
                 Either::Left((more, _)) if more.is_empty() => break,
                 Either::Left((more, _)) => batch.extend(more),
                 Either::Right(_) => break,

@@ -193,7 +193,7 @@ impl<T> Future for PopMany<'_, T> {
             return Poll::Ready(Vec::new());
         }
         this.queue
-            .poll_take(cx, &mut this.ticket, this.limit, |inner, n| {
+            .poll_take(cx, &mut this.ticket, this.limit, false, |inner, n| {
                 inner.take_front(n).collect()
             })
             .map(Option::unwrap_or_default)
@@ -218,15 +218,17 @@ impl<T> fmt::Debug for PopMany<'_, T> {
     }
 }
 
-/// A worker's take from a timed queue: up to `limit` items to serve, and the items shed at
-/// the exit on the way (`timed.rs`); `None` once the queue is closed and empty. May serve
-/// none (all were shed): the caller hands the shed ones on and takes again.
+/// A worker's take from a timed or keyed queue: up to `limit` items to serve, the items
+/// shed at the exit on the way (`timed.rs`), and the lanes of the served items
+/// (`keyed.rs`); `None` once the queue is closed and empty. May serve none (all were shed):
+/// the caller hands the shed ones on and takes again.
 ///
 /// Cancel safe, as [`PopMany`]: the items are taken in the poll that returns them.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub(crate) struct TakeTimed<'a, T, S> {
     queue: &'a Queue<T>,
     limit: usize,
+    filling: bool,
     ticket: Option<Ticket>,
     served: std::marker::PhantomData<fn() -> S>,
 }
@@ -237,9 +239,18 @@ impl<'a, T, S> TakeTimed<'a, T, S> {
         TakeTimed {
             queue,
             limit: limit.max(1),
+            filling: false,
             ticket: None,
             served: std::marker::PhantomData,
         }
+    }
+
+    /// For a batch being filled from a keyed queue: `None` also when nothing can be served
+    /// and no new item can come (closed, or full with nothing to evict), since the items
+    /// left may belong to keys the batch itself holds.
+    pub(crate) fn filling(mut self) -> Self {
+        self.filling = true;
+        self
     }
 }
 
@@ -249,10 +260,19 @@ impl<T, S: Served<T>> Future for TakeTimed<'_, T, S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Taken<T, S>>> {
         let this = self.get_mut();
         // Read before the lock: the clock is user code.
-        let now = this.queue.stamp().expect("a timed take from a timed queue");
+        let now = this.queue.stamp();
         let limit = this.limit;
+        if this.queue.is_keyed() {
+            let stuck_ends = this.filling;
+            return this
+                .queue
+                .poll_take(cx, &mut this.ticket, limit, stuck_ends, |inner, _| {
+                    inner.take_keyed(limit, now)
+                });
+        }
+        let now = now.expect("a timed take from a timed queue");
         this.queue
-            .poll_take(cx, &mut this.ticket, limit, |inner, _| {
+            .poll_take(cx, &mut this.ticket, limit, false, |inner, _| {
                 inner.take_timed(limit, now)
             })
     }

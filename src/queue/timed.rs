@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use event_listener::Event;
 
+use super::keyed::Keys;
 use crate::delay::{Codel, CodelState, DelayHistogram, Expired, Verdict};
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
@@ -38,6 +39,81 @@ pub(crate) struct Timing {
 pub(super) struct Extras {
     pub(super) timed: Option<Timed>,
     pub(super) marks: Option<Marks>,
+    pub(super) keys: Option<Keys>,
+}
+
+/// The items a take chooses from: the buffer front to back, or its keyed lanes.
+pub(super) trait Line<T> {
+    /// The position of the next item to serve: the oldest, or with `newest` the newest;
+    /// `None` if none may be served now.
+    fn next(&self, newest: bool) -> Option<usize>;
+
+    /// Whether nothing at all is queued.
+    fn is_empty(&self) -> bool;
+
+    /// Removes the item at `pos`, for service or unserved (shed at the exit).
+    fn remove(&mut self, pos: usize, serve: bool) -> T;
+}
+
+/// The plain buffer: the oldest item is the front.
+pub(super) struct Plain<'a, T>(pub(super) &'a mut VecDeque<T>);
+
+impl<T> Line<T> for Plain<'_, T> {
+    #[inline]
+    fn next(&self, newest: bool) -> Option<usize> {
+        match self.0.len() {
+            0 => None,
+            len if newest => Some(len - 1),
+            _ => Some(0),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    #[inline]
+    fn remove(&mut self, pos: usize, _: bool) -> T {
+        let item = if pos == 0 {
+            self.0.pop_front()
+        } else {
+            self.0.remove(pos)
+        };
+        item.expect("a position in the buffer")
+    }
+}
+
+/// The buffer through its keyed lanes: the oldest item whose key may run; each item served
+/// leaves its lane in `lanes`, to be released when its work is done.
+pub(super) struct KeyedLine<'a, T> {
+    pub(super) buf: &'a mut VecDeque<T>,
+    pub(super) keys: &'a mut Keys,
+    pub(super) lanes: &'a mut Vec<u32>,
+}
+
+impl<T> Line<T> for KeyedLine<'_, T> {
+    #[inline]
+    fn next(&self, newest: bool) -> Option<usize> {
+        self.keys.next(newest)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    #[inline]
+    fn remove(&mut self, pos: usize, serve: bool) -> T {
+        let lane = self.keys.remove(pos, serve);
+        if serve {
+            self.lanes.push(lane);
+        }
+        let item = if pos == 0 {
+            self.buf.pop_front()
+        } else {
+            self.buf.remove(pos)
+        };
+        item.expect("a position in the buffer")
+    }
 }
 
 /// Under the buffer lock.
@@ -53,11 +129,23 @@ pub(super) struct Timed {
     pub(super) expired: u64,
 }
 
-/// What one timed take removed: the items to serve, and those shed with their reasons.
+/// What one timed or keyed take removed: the items to serve, those shed with their
+/// reasons, and (keyed) the lanes of the served items, to release when their work is done.
 #[derive(Debug)]
 pub(crate) struct Taken<T, S> {
     pub(crate) served: S,
     pub(crate) shed: Vec<(T, Expired)>,
+    pub(crate) lanes: Vec<u32>,
+}
+
+impl<T, S: Default> Default for Taken<T, S> {
+    fn default() -> Self {
+        Taken {
+            served: S::default(),
+            shed: Vec::new(),
+            lanes: Vec::new(),
+        }
+    }
 }
 
 /// Where a timed take puts the items it serves: one (`Option`, no allocation) or a batch
@@ -108,47 +196,46 @@ impl Timed {
     /// served or the buffer is empty; may serve none (all shed). Bounded by the buffer.
     pub(super) fn take<T, S: Served<T>>(
         &mut self,
-        buf: &mut VecDeque<T>,
+        line: &mut impl Line<T>,
         limit: usize,
         now: Instant,
     ) -> (Taken<T, S>, u64) {
-        let mut taken = Taken {
-            served: S::default(),
-            shed: Vec::new(),
-        };
+        let mut taken = Taken::<T, S>::default();
         let mut served = 0;
         while served < limit {
-            let Some(&head) = self.stamps.front() else {
-                self.on_empty();
+            let Some(head) = line.next(false) else {
+                if line.is_empty() {
+                    self.on_empty();
+                }
                 break;
             };
-            let head_age = now.saturating_duration_since(head);
+            let head_age = self.age(head, now);
             // The maximum age first: a stale head is shed whatever CoDel would say.
             if self.max_age.is_some_and(|max_age| head_age > max_age) {
-                let item = self.pop(buf, false);
+                let item = self.remove(line, head, false);
                 taken.shed.push((item, Expired::MaxAge { age: head_age }));
                 continue;
             }
             if let Some(codel) = &mut self.codel {
                 if codel.verdict(now, head_age) == Verdict::Drop {
-                    let item = self.pop(buf, false);
+                    let item = self.remove(line, head, false);
                     taken.shed.push((item, Expired::Codel { age: head_age }));
                     continue;
                 }
             }
             // Adaptive LIFO: the newest first while CoDel is dropping.
-            let back = self.lifo && self.overloaded();
-            let age = match self.stamps.back() {
-                Some(&stamp) if back => now.saturating_duration_since(stamp),
-                _ => head_age,
+            let pos = match self.lifo && self.overloaded() {
+                true => line.next(true).unwrap_or(head),
+                false => head,
             };
+            let age = self.age(pos, now);
             // Invariant 2: the item served is itself within the maximum age.
             if self.max_age.is_some_and(|max_age| age > max_age) {
-                let item = self.pop(buf, back);
+                let item = self.remove(line, pos, false);
                 taken.shed.push((item, Expired::MaxAge { age }));
                 continue;
             }
-            let item = self.pop(buf, back);
+            let item = self.remove(line, pos, true);
             self.delays.record(age);
             taken.served.put(item);
             served += 1;
@@ -158,19 +245,15 @@ impl Timed {
     }
 
     /// Removes the head (or the back) item and its stamp (invariant 1).
-    fn pop<T>(&mut self, buf: &mut VecDeque<T>, back: bool) -> T {
-        let item = if back {
-            self.stamps.pop_back();
-            buf.pop_back()
-        } else {
-            self.stamps.pop_front();
-            buf.pop_front()
-        };
-        item.expect("a stamp for every item (invariant 1)")
+    fn age(&self, pos: usize, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stamps[pos])
     }
 
-    /// The age of the oldest item at `now`, if any: one pass over the stamps (under the
-    /// lock; a snapshot's cost, bounded by the capacity).
+    fn remove<T>(&mut self, line: &mut impl Line<T>, pos: usize, serve: bool) -> T {
+        self.stamps.remove(pos).expect("a stamp for every item (invariant 1)");
+        line.remove(pos, serve)
+    }
+
     pub(super) fn oldest_age(&self, now: Instant) -> Option<Duration> {
         // Invariant 2: the oldest stamp, wherever it sits.
         self.stamps
