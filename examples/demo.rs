@@ -129,7 +129,8 @@ async fn burst(policy: Policy) -> (Report, Seen) {
                 seen.pushed += 1;
                 seen.dropped += 1;
             }
-            PushOutcome::Full(_) | PushOutcome::Closed(_) => {}
+            // (Superseded only comes from a coalescing pipeline; this one is not keyed.)
+            PushOutcome::Full(_) | PushOutcome::Closed(_) | PushOutcome::Superseded(_) => {}
         }
     }
     let report = pipeline.shutdown().await;

@@ -68,8 +68,8 @@ use std::time::{Duration, Instant};
 
 pub(crate) use self::futures::TakeTimed;
 pub use self::futures::{Pop, PopMany, Push};
-pub(crate) use self::keyed::{KeyHash, KeyHasher};
 use self::keyed::Keys;
+pub(crate) use self::keyed::{KeyHash, KeyHasher};
 use self::timed::{Extras, KeyedLine, Marks, Plain, Timed};
 pub(crate) use self::timed::{PressureCell, Served, Taken, Timing};
 pub(crate) use self::waiters::Ticket;
@@ -169,7 +169,10 @@ impl<T> Inner<T> {
     /// The oldest item, served, with its stamp (`pop_front`: no `Drain` for one item).
     #[inline]
     fn take_one(&mut self) -> Option<T> {
-        debug_assert!(self.keys_ref().is_none(), "a keyed queue takes through its lanes");
+        debug_assert!(
+            self.keys_ref().is_none(),
+            "a keyed queue takes through its lanes"
+        );
         self.popped += 1;
         if let Some(timed) = self.timed() {
             timed.stamps.pop_front();
@@ -202,8 +205,13 @@ impl<T> Inner<T> {
     /// when their work is done), and, if timed, those shed at the exit at `now`.
     fn take_keyed<S: Served<T>>(&mut self, limit: usize, now: Option<Instant>) -> Taken<T, S> {
         let Inner { buf, extras, .. } = self;
-        let extras = extras.as_deref_mut().expect("a keyed take from a keyed queue");
-        let keys = extras.keys.as_mut().expect("a keyed take from a keyed queue");
+        let extras = extras
+            .as_deref_mut()
+            .expect("a keyed take from a keyed queue");
+        let keys = extras
+            .keys
+            .as_mut()
+            .expect("a keyed take from a keyed queue");
         let mut lanes = Vec::new();
         let mut line = KeyedLine {
             buf,

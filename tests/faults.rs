@@ -291,6 +291,9 @@ async fn producers_race_shutdown(sp: Sp) {
                                 break;
                             }
                             PushOutcome::Full(_) => panic!("push never reports Full"),
+                            PushOutcome::Superseded(_) => {
+                                unreachable!("only a coalescing pipeline supersedes")
+                            }
                         }
                         if id == 100 {
                             under_way.send(()).await.unwrap();

@@ -678,6 +678,9 @@ fn check_concurrent(run: &Run) {
                                 seen.closed.push(v);
                             }
                             PushOutcome::Full(_) => unreachable!("push never reports Full"),
+                            PushOutcome::Superseded(_) => {
+                                unreachable!("only a coalescing pipeline supersedes")
+                            }
                         }
                         // Once closed, a producer never gets an item in again.
                         if !seen.closed.is_empty() {
@@ -862,6 +865,9 @@ mod pipeline_runs {
                                 PushOutcome::Shed(back) => seen.shed.push(back),
                                 PushOutcome::Closed(back) => seen.closed.push(back),
                                 PushOutcome::Full(_) => unreachable!("push never reports Full"),
+                                PushOutcome::Superseded(_) => {
+                                    unreachable!("only a coalescing pipeline supersedes")
+                                }
                             }
                             if p == 0 && run.stop_after == Some(i) {
                                 app.cancel();

@@ -43,6 +43,7 @@ fn ids(outcome: PushOutcome<Item>) -> PushOutcome<u32> {
     match outcome {
         PushOutcome::Accepted => PushOutcome::Accepted,
         PushOutcome::Evicted(item) => PushOutcome::Evicted(item.id),
+        PushOutcome::Superseded(item) => PushOutcome::Superseded(item.id),
         PushOutcome::Shed(item) => PushOutcome::Shed(item.id),
         PushOutcome::Full(item) => PushOutcome::Full(item.id),
         PushOutcome::Closed(item) => PushOutcome::Closed(item.id),

@@ -643,6 +643,9 @@ fn stress(policy: Policy) {
                                 seen.accepted += 1;
                             }
                             PushOutcome::Closed(_) => panic!("closed while producing"),
+                            PushOutcome::Superseded(_) => {
+                                unreachable!("only a coalescing pipeline supersedes")
+                            }
                         }
                     }
                     seen

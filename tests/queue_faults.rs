@@ -647,6 +647,9 @@ fn snapshots_stay_consistent(policy: Policy) {
                     }
                     PushOutcome::Full(_) => {}
                     PushOutcome::Closed(_) => unreachable!("nobody closes the queue"),
+                    PushOutcome::Superseded(_) => {
+                        unreachable!("only a coalescing pipeline supersedes")
+                    }
                 }
                 item += 1;
             }

@@ -191,6 +191,7 @@ impl Producer {
                 return false;
             }
             PushOutcome::Full(_) => unreachable!("the producers wait for room"),
+            PushOutcome::Superseded(_) => unreachable!("only a coalescing pipeline supersedes"),
         }
         // The external cancel, at a random push of the run.
         if Some(self.pushes.fetch_add(1, Ordering::Relaxed)) == self.cancel_at {

@@ -219,12 +219,7 @@ impl<T> Drop for Filling<'_, T> {
 impl<T: Send + 'static> Source<T> for Batch {
     type Unit = Vec<T>;
 
-    async fn take(
-        &self,
-        shared: &Shared<T>,
-        index: usize,
-        lanes: &mut Vec<u32>,
-    ) -> Option<Vec<T>> {
+    async fn take(&self, shared: &Shared<T>, index: usize, lanes: &mut Vec<u32>) -> Option<Vec<T>> {
         // One lock for what the queue holds, up to the limit; it waits for the first item.
         let first = take_some(shared, self.max_items, false, lanes).await;
         if first.is_empty() {

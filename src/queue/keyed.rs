@@ -162,7 +162,10 @@ impl Keys {
     /// at the exit, left at the end). Returns its lane. The item must be its lane's oldest
     /// queued one, as every item the queue removes is.
     pub(super) fn remove(&mut self, pos: usize, serve: bool) -> u32 {
-        let (seq, id) = self.order.remove(pos).expect("a lane entry per item (invariant 1)");
+        let (seq, id) = self
+            .order
+            .remove(pos)
+            .expect("a lane entry per item (invariant 1)");
         let lane = &mut self.lanes[id as usize];
         let first = lane.queued.pop_front();
         debug_assert_eq!(first, Some(seq), "items leave their lane oldest first");

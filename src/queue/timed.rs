@@ -250,7 +250,9 @@ impl Timed {
     }
 
     fn remove<T>(&mut self, line: &mut impl Line<T>, pos: usize, serve: bool) -> T {
-        self.stamps.remove(pos).expect("a stamp for every item (invariant 1)");
+        self.stamps
+            .remove(pos)
+            .expect("a stamp for every item (invariant 1)");
         line.remove(pos, serve)
     }
 
