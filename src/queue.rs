@@ -1194,6 +1194,13 @@ impl<T> Queue<T> {
                     None => break,
                 }
             }
+            // Keyed, poppers may wait after close for items of busy keys: the take that
+            // empties a closed queue tells them all that empty is final (invariant 4).
+            if inner.buf.is_empty() && self.is_closed() && inner.keys_ref().is_some() {
+                for waker in inner.poppers.notify_all() {
+                    after.add(Some(waker));
+                }
+            }
             drop(inner);
             after.wake();
             return Poll::Ready(Some(taken));
@@ -1398,6 +1405,10 @@ impl<T> Queue<T> {
         }
         if let Some(keys) = inner.keys() {
             keys.clear();
+            // Poppers waiting for items of busy keys: empty is final now (invariant 4).
+            for waker in inner.poppers.notify_all() {
+                wake.add(Some(waker));
+            }
         }
         self.after_change(&mut inner, &mut wake);
         drop(inner);
