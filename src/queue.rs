@@ -824,9 +824,27 @@ impl<T> Queue<T> {
         };
         inner.accepted += 1;
         self.after_change(inner, wake);
-        if may_run && inner.poppers.has_waiting() {
-            wake.add(inner.poppers.notify_one());
+        if !inner.poppers.has_waiting() {
+            return;
         }
+        if may_run {
+            wake.add(inner.poppers.notify_one());
+        } else if self.stuck(inner) {
+            // A batch being filled may wait on nothing but items of its own keys now: every
+            // popper looks again (`poll_take`'s `stuck_ends`).
+            for waker in inner.poppers.notify_all() {
+                wake.add(Some(waker));
+            }
+        }
+    }
+
+    /// Keyed: no new item can come in (closed, or full with nothing to evict), so a batch
+    /// being filled may be waiting on items of the keys it holds itself.
+    #[inline]
+    fn stuck(&self, inner: &Inner<T>) -> bool {
+        self.is_closed()
+            || (inner.buf.len() + inner.reserved >= self.capacity
+                && self.policy != Policy::DropOldest)
     }
 
     /// Coalescing: puts `item` in the place of its key's pending item and returns that one;
@@ -1151,10 +1169,7 @@ impl<T> Queue<T> {
                 // Keyed, items of busy keys may be left: their release wakes this line. But a
                 // batch being filled may hold those keys itself: with `stuck_ends` it ends
                 // when no other item can come (closed, or full with nothing to evict).
-                let stuck = stuck_ends
-                    && (self.is_closed()
-                        || (inner.buf.len() + inner.reserved >= self.capacity
-                            && self.policy != Policy::DropOldest));
+                let stuck = stuck_ends && self.stuck(&inner);
                 if stuck || (self.is_closed() && inner.buf.is_empty()) {
                     // Empty is final (invariant 4).
                     after.leave(inner.poppers.leave(ticket));
