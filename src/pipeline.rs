@@ -556,7 +556,7 @@ impl<T: Send + 'static> Pipeline<T> {
         if let Some(overtime) = state.overtime {
             return overtime;
         }
-        self.shared.worker_token.cancel();
+        self.shared.stop_workers();
         let overtime = if self.shared.backlog_left() {
             state.deadline_exceeded = true;
             Overtime {
@@ -723,7 +723,7 @@ impl<T> Drop for Pipeline<T> {
             // Not shut down: stop everything now. Aborted workers drop their futures at
             // their next poll, which the abort schedules.
             self.shared.stop.cancel();
-            self.shared.worker_token.cancel();
+            self.shared.stop_workers();
             self.shared.queue.close();
             self.workers.abort_unjoined();
             left.extend(self.shared.take_parked());

@@ -131,6 +131,13 @@ pub struct Queue<T> {
     coalesce: bool,
 }
 
+/// A keyed take's lanes: those of the worker's previous unit, released first (unless
+/// `filling`: a batch being filled keeps its own), then those of the items it takes.
+pub(crate) struct Lanes<'a> {
+    pub(crate) held: &'a mut Vec<u32>,
+    pub(crate) filling: bool,
+}
+
 /// An item's key identity: the user's key function and its hash (user code, run before the
 /// buffer lock).
 pub(crate) type Keyer<T> = Arc<dyn Fn(&T) -> KeyHash + Send + Sync>;
@@ -160,6 +167,8 @@ struct Inner<T> {
     meter: Meter,
     /// The shed count when the queue closed (invariant 5).
     shed_at_close: Option<u64>,
+    /// Set by `halt`: takes end at once, whatever is left (a pipeline past its deadline).
+    halted: bool,
     /// Stamps, maximum age, CoDel, delays and the watermarks, when configured
     /// (`timed.rs`): one field, so a queue without them pays one test per change.
     extras: Option<Box<Extras>>,
@@ -201,9 +210,14 @@ impl<T> Inner<T> {
         taken
     }
 
-    /// Up to `limit` items served through the keyed lanes (with their lanes, to release
-    /// when their work is done), and, if timed, those shed at the exit at `now`.
-    fn take_keyed<S: Served<T>>(&mut self, limit: usize, now: Option<Instant>) -> Taken<T, S> {
+    /// Up to `limit` items served through the keyed lanes (their lanes added to `lanes`, to
+    /// release when their work is done), and, if timed, those shed at the exit at `now`.
+    fn take_keyed<S: Served<T>>(
+        &mut self,
+        limit: usize,
+        now: Option<Instant>,
+        lanes: &mut Vec<u32>,
+    ) -> Taken<T, S> {
         let Inner { buf, extras, .. } = self;
         let extras = extras
             .as_deref_mut()
@@ -212,13 +226,8 @@ impl<T> Inner<T> {
             .keys
             .as_mut()
             .expect("a keyed take from a keyed queue");
-        let mut lanes = Vec::new();
-        let mut line = KeyedLine {
-            buf,
-            keys,
-            lanes: &mut lanes,
-        };
-        let (mut taken, served) = match (extras.timed.as_mut(), now) {
+        let mut line = KeyedLine { buf, keys, lanes };
+        let (taken, served) = match (extras.timed.as_mut(), now) {
             (Some(timed), Some(now)) => timed.take(&mut line, limit, now),
             _ => {
                 use self::timed::Line;
@@ -234,7 +243,6 @@ impl<T> Inner<T> {
             }
         };
         self.popped += served;
-        taken.lanes = lanes;
         taken
     }
 
@@ -387,6 +395,7 @@ impl<T> Queue<T> {
                 popped: 0,
                 meter: Meter::new(),
                 shed_at_close: None,
+                halted: false,
                 extras: None,
             }),
             copies: CacheLine(Copies {
@@ -416,30 +425,53 @@ impl<T> Queue<T> {
         self.keyer.is_some()
     }
 
+    /// Ends every take, now and from now on, as if the queue were closed and empty: a
+    /// pipeline's workers take no new item once its worker token is cancelled (the
+    /// deadline, a panic stop), even one whose key a worker frees after that. Wakes every
+    /// waiting popper. What is left stays for `take_all`.
+    pub(crate) fn halt(&self) {
+        let mut inner = self.lock();
+        inner.halted = true;
+        let wakers = inner.poppers.notify_all();
+        drop(inner);
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Releases `lanes` (and empties it); returns how many queued items may run now.
+    fn release_locked(&self, inner: &mut Inner<T>, lanes: &mut Vec<u32>) -> usize {
+        let Some(keys) = inner.keys() else {
+            return 0;
+        };
+        // Bounded by the lanes given.
+        let freed = lanes.drain(..).filter(|&lane| keys.release(lane)).count();
+        freed
+    }
+
     /// The item's key, hashed before the lock (user code), if the queue is keyed.
     #[inline]
-    fn key_of(&self, item: &T) -> Option<KeyHash> {
+    pub(crate) fn key_of(&self, item: &T) -> Option<KeyHash> {
         self.keyer.as_ref().map(|keyer| keyer(item))
     }
 
     /// Releases the lanes of served items whose work is done: their keys may run the next
     /// item, and a popper is woken for each item that may run now.
-    pub(crate) fn release(&self, lanes: &[u32]) {
+    pub(crate) fn release(&self, lanes: &mut Vec<u32>) {
         if lanes.is_empty() {
             return;
         }
         let mut after = WakeAfterUnlock::default();
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        if let Some(keys) = inner.extras.as_deref_mut().and_then(|x| x.keys.as_mut()) {
-            // Bounded by the lanes given.
-            for &lane in lanes {
-                if keys.release(lane) && inner.poppers.has_waiting() {
-                    after.add(inner.poppers.notify_one());
-                }
+        let mut inner = self.lock();
+        let freed = self.release_locked(&mut inner, lanes);
+        // Bounded by the items the release let run.
+        for _ in 0..freed {
+            match inner.poppers.has_waiting() {
+                true => after.add(inner.poppers.notify_one()),
+                false => break,
             }
         }
-        drop(guard);
+        drop(inner);
         after.wake();
     }
 
@@ -604,12 +636,18 @@ impl<T> Queue<T> {
     /// ```
     #[inline]
     pub fn try_push(&self, item: T) -> PushOutcome<T> {
+        let key = self.key_of(&item);
+        self.try_push_keyed(item, key)
+    }
+
+    /// `try_push` with the item's key already computed (once per push).
+    #[inline]
+    pub(crate) fn try_push_keyed(&self, item: T, key: Option<KeyHash>) -> PushOutcome<T> {
         let item = match self.shed_if_full(item) {
             Ok(item) => item,
             Err(outcome) => return outcome,
         };
         let now = self.stamp();
-        let key = self.key_of(&item);
         let mut wake = WakeAfterUnlock::default();
         let outcome = self.push_locked(&mut self.lock(), item, key, now, &mut wake);
         wake.wake();
@@ -838,13 +876,13 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Keyed: no new item can come in (closed, or full with nothing to evict), so a batch
-    /// being filled may be waiting on items of the keys it holds itself.
+    /// Keyed, with nothing ready: the queue is closed, or full of items of busy keys, so a
+    /// batch being filled may be waiting on items of the keys it holds itself. (Under
+    /// `DropOldest` new items still come, but each evicts one of those: the batch is
+    /// delivered rather than watch its own keys' items go.)
     #[inline]
     fn stuck(&self, inner: &Inner<T>) -> bool {
-        self.is_closed()
-            || (inner.buf.len() + inner.reserved >= self.capacity
-                && self.policy != Policy::DropOldest)
+        self.is_closed() || inner.buf.len() + inner.reserved >= self.capacity
     }
 
     /// Coalescing: puts `item` in the place of its key's pending item and returns that one;
@@ -942,8 +980,9 @@ impl<T> Queue<T> {
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
         item: &mut Option<T>,
+        key: Option<KeyHash>,
     ) -> Poll<PushOutcome<T>> {
-        let key = self.key_of(item.as_ref().expect("a push polled after it completed"));
+        assert!(item.is_some(), "a push polled after it completed");
         let now = self.stamp();
         if self.coalesce {
             // A pending item of the key is replaced at once: no room is needed.
@@ -1151,15 +1190,28 @@ impl<T> Queue<T> {
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
         limit: usize,
-        stuck_ends: bool,
-        take: impl FnOnce(&mut Inner<T>, usize) -> R,
+        mut lanes: Option<Lanes<'_>>,
+        take: impl FnOnce(&mut Inner<T>, usize, Option<&mut Vec<u32>>) -> R,
     ) -> Poll<Option<R>> {
         // Likely to wait: clone the waker now, with no lock held, not in a second turn.
         let mut spare = self.is_empty().then(|| cx.waker().clone());
+        let stuck_ends = lanes.as_ref().is_some_and(|lanes| lanes.filling);
         // Terminates: the second turn brings the waker clone the first asked for.
         loop {
             let mut after = WakeAfterUnlock::default();
             let mut inner = self.lock();
+            // Keyed: the lanes of the unit whose work is done are released in the same
+            // critical section as the next take (once: they are cleared).
+            let freed = match lanes.as_mut() {
+                Some(lanes) if !lanes.filling => self.release_locked(&mut inner, lanes.held),
+                _ => 0,
+            };
+            if inner.halted {
+                after.leave(inner.poppers.leave(ticket));
+                drop(inner);
+                after.wake();
+                return Poll::Ready(None);
+            }
             if !inner.can_take() {
                 if inner.buf.is_empty() {
                     if let Some(timed) = inner.timed() {
@@ -1197,8 +1249,20 @@ impl<T> Queue<T> {
             after.leave(inner.poppers.leave(ticket));
             // Bounded by the data: at most what the buffer holds.
             let before = inner.buf.len();
-            let taken = take(&mut inner, limit.clamp(1, before));
+            let taken = take(
+                &mut inner,
+                limit.clamp(1, before),
+                lanes.map(|lanes| lanes.held),
+            );
             let removed = before - inner.buf.len();
+            // Each item the release let run reaches a popper, but the one this take served
+            // (if it served another, a popper woken for that one finds these).
+            for _ in 0..freed.saturating_sub(usize::from(removed > 0)) {
+                match inner.poppers.has_waiting() {
+                    true => after.add(inner.poppers.notify_one()),
+                    false => break,
+                }
+            }
             // Relaxed: a progress hint for overloaded producers; the lock orders the buffer.
             self.copies.0.pops.store(inner.popped, Ordering::Relaxed);
             self.after_change(&mut inner, &mut after);
@@ -1229,7 +1293,7 @@ impl<T> Queue<T> {
         cx: &mut Context<'_>,
         ticket: &mut Option<Ticket>,
     ) -> Poll<Option<T>> {
-        self.poll_take(cx, ticket, 1, false, |inner, _| inner.take_one())
+        self.poll_take(cx, ticket, 1, None, |inner, _, _| inner.take_one())
             .map(Option::flatten)
     }
 

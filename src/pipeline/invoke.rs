@@ -225,8 +225,9 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
             let step = self
                 .invoke(shared, index, state.get(), unit, &mut hand)
                 .await;
-            // Done (or handed back): the next item of each key may run.
-            lease.release();
+            // The unit's work is done (or it was handed back): its keys may run their next
+            // items. The next take releases them in its own critical section; any other
+            // way on releases them now (the lease's `Drop` on a return).
             match step {
                 Step::Next => panics = 0,
                 Step::Stop => return Exit::Finished,
@@ -234,6 +235,8 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
                     OnPanic::Isolate => {}
                     OnPanic::StopPipeline => shared.stop_with(StopCause::Panic),
                     OnPanic::Restart => {
+                        // Not a straight way to the next take: the keys go now.
+                        lease.release();
                         // The old state may be poisoned: drop it (its `Drop` is user code)
                         // and build a new one after a backoff.
                         drop_quietly(state.0.take());

@@ -111,11 +111,19 @@ impl<T> Shared<T> {
     pub(super) fn stop_with(&self, cause: StopCause) {
         self.set_cause(cause);
         self.stop.cancel();
-        self.worker_token.cancel();
+        self.stop_workers();
         self.queue.close();
     }
 
     /// Records what stopped the pipeline, unless something stopped it first.
+    /// The workers take no new item: the worker token is cancelled (a worker checks it
+    /// between items, and its waits end), and the queue's takes end at once, so that a
+    /// worker waiting for an item of a busy key does not take it once the key is freed.
+    pub(super) fn stop_workers(&self) {
+        self.worker_token.cancel();
+        self.queue.halt();
+    }
+
     pub(super) fn set_cause(&self, cause: StopCause) {
         let code = match cause {
             StopCause::Shutdown => 1,

@@ -30,8 +30,7 @@ impl<'a, T> Lease<'a, T> {
     /// The held items' work is done.
     pub(super) fn release(&mut self) {
         if !self.lanes.is_empty() {
-            self.queue.release(&self.lanes);
-            self.lanes.clear();
+            self.queue.release(&mut self.lanes);
         }
     }
 }
@@ -63,13 +62,12 @@ fn take_some<'a, T: Send + 'static>(
         // Ends: each turn takes at least one item out of a bounded queue, or returns.
         loop {
             let mut take = TakeTimed::<T, Vec<T>>::new(&shared.queue, limit);
-            if filling {
-                take = take.filling();
+            if shared.queue.is_keyed() {
+                take = take.keyed(lanes, filling);
             }
             let Some(taken) = take.await else {
                 return Vec::new();
             };
-            lanes.extend(taken.lanes);
             shared.expire(taken.shed);
             if !taken.served.is_empty() {
                 return taken.served;
@@ -124,8 +122,11 @@ impl<T: Send + 'static> Source<T> for One {
         // Ends: each turn takes at least one item out of a bounded queue, or returns.
         Either::Right(async move {
             loop {
-                let taken = TakeTimed::<T, Option<T>>::new(&shared.queue, 1).await?;
-                lanes.extend(taken.lanes);
+                let mut take = TakeTimed::<T, Option<T>>::new(&shared.queue, 1);
+                if shared.queue.is_keyed() {
+                    take = take.keyed(lanes, false);
+                }
+                let taken = take.await?;
                 shared.expire(taken.shed);
                 if taken.served.is_some() {
                     return taken.served;

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::{Queue, Served, Taken, Ticket};
+use super::{KeyHash, Lanes, Queue, Served, Taken, Ticket};
 use crate::policy::{Policy, PushOutcome};
 
 /// Pushes into a full queue, with no pop in between, after which a producer yields once
@@ -53,6 +53,8 @@ pub(super) fn yield_due<T>(queue: &Queue<T>) -> bool {
 pub struct Push<'a, T> {
     queue: &'a Queue<T>,
     item: Option<T>,
+    /// The item's key, computed once (keyed pipelines only).
+    key: Option<KeyHash>,
     /// A place in the producers' line (under `Block`).
     ticket: Option<Ticket>,
     /// Whether this push has yielded already (under the shedding policies).
@@ -63,6 +65,7 @@ impl<'a, T> Push<'a, T> {
     pub(super) fn new(queue: &'a Queue<T>, item: T) -> Self {
         Push {
             queue,
+            key: queue.key_of(&item),
             item: Some(item),
             ticket: None,
             yielded: false,
@@ -81,7 +84,7 @@ impl<T> Future for Push<'_, T> {
         if this.queue.policy == Policy::Block {
             return this
                 .queue
-                .poll_push_block(cx, &mut this.ticket, &mut this.item);
+                .poll_push_block(cx, &mut this.ticket, &mut this.item, this.key);
         }
         // Under overload with the workers making no progress, let them run (before pushing,
         // so that a push dropped during its yield enqueued nothing).
@@ -91,7 +94,7 @@ impl<T> Future for Push<'_, T> {
             return Poll::Pending;
         }
         let item = this.item.take().expect("a push polled after it completed");
-        Poll::Ready(this.queue.try_push(item))
+        Poll::Ready(this.queue.try_push_keyed(item, this.key))
     }
 }
 
@@ -193,7 +196,7 @@ impl<T> Future for PopMany<'_, T> {
             return Poll::Ready(Vec::new());
         }
         this.queue
-            .poll_take(cx, &mut this.ticket, this.limit, false, |inner, n| {
+            .poll_take(cx, &mut this.ticket, this.limit, None, |inner, n, _| {
                 inner.take_front(n).collect()
             })
             .map(Option::unwrap_or_default)
@@ -228,7 +231,7 @@ impl<T> fmt::Debug for PopMany<'_, T> {
 pub(crate) struct TakeTimed<'a, T, S> {
     queue: &'a Queue<T>,
     limit: usize,
-    filling: bool,
+    lanes: Option<Lanes<'a>>,
     ticket: Option<Ticket>,
     served: std::marker::PhantomData<fn() -> S>,
 }
@@ -239,17 +242,19 @@ impl<'a, T, S> TakeTimed<'a, T, S> {
         TakeTimed {
             queue,
             limit: limit.max(1),
-            filling: false,
+            lanes: None,
             ticket: None,
             served: std::marker::PhantomData,
         }
     }
 
-    /// For a batch being filled from a keyed queue: `None` also when nothing can be served
-    /// and no new item can come (closed, or full with nothing to evict), since the items
-    /// left may belong to keys the batch itself holds.
-    pub(crate) fn filling(mut self) -> Self {
-        self.filling = true;
+    /// From a keyed queue: releases the lanes in `held` (the worker's previous unit, its
+    /// work done) in the take's first critical section, then adds the lanes of the items
+    /// served. With `filling` (a batch being filled, whose own lanes stay held), `None`
+    /// also when nothing can be served and no new item can come (closed, or full with
+    /// nothing to evict), since the items left may belong to keys the batch holds.
+    pub(crate) fn keyed(mut self, held: &'a mut Vec<u32>, filling: bool) -> Self {
+        self.lanes = Some(Lanes { held, filling });
         self
     }
 }
@@ -262,17 +267,26 @@ impl<T, S: Served<T>> Future for TakeTimed<'_, T, S> {
         // Read before the lock: the clock is user code.
         let now = this.queue.stamp();
         let limit = this.limit;
-        if this.queue.is_keyed() {
-            let stuck_ends = this.filling;
-            return this
-                .queue
-                .poll_take(cx, &mut this.ticket, limit, stuck_ends, |inner, _| {
-                    inner.take_keyed(limit, now)
-                });
+        if let Some(lanes) = this.lanes.as_mut() {
+            // A batch being filled releases nothing; the first take of a unit releases the
+            // previous unit's lanes (and only in its first poll: they are cleared).
+            let lanes = Lanes {
+                held: &mut *lanes.held,
+                filling: lanes.filling,
+            };
+            return this.queue.poll_take(
+                cx,
+                &mut this.ticket,
+                limit,
+                Some(lanes),
+                |inner, _, lanes| {
+                    inner.take_keyed(limit, now, lanes.expect("a keyed take's lanes"))
+                },
+            );
         }
         let now = now.expect("a timed take from a timed queue");
         this.queue
-            .poll_take(cx, &mut this.ticket, limit, false, |inner, _| {
+            .poll_take(cx, &mut this.ticket, limit, None, |inner, _, _| {
                 inner.take_timed(limit, now)
             })
     }

@@ -23,7 +23,7 @@
 //!    SipHash keys (the key function and `Hash` are user code, and never run under the
 //!    lock): two distinct keys share a lane with a probability near 2^-128 per pair.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 
 /// A key's identity (invariant 5).
@@ -83,7 +83,7 @@ pub(super) struct Keys {
     lanes: Vec<Lane>,
     free: Vec<u32>,
     /// Ready lanes by their first queued sequence number (invariant 3).
-    ready: BTreeMap<u64, u32>,
+    ready: Ready,
     /// Parallel to the buffer (invariant 1).
     order: VecDeque<(u64, u32)>,
     next_seq: u64,
@@ -101,7 +101,7 @@ impl Keys {
             ids: HashMap::default(),
             lanes: Vec::new(),
             free: Vec::new(),
-            ready: BTreeMap::new(),
+            ready: Ready::default(),
             order: VecDeque::new(),
             next_seq: 0,
             superseded: 0,
@@ -149,10 +149,10 @@ impl Keys {
     /// newest ready one (adaptive LIFO across keys; a key's own items stay in order).
     #[inline]
     pub(super) fn next(&self, newest: bool) -> Option<usize> {
-        let (&seq, _) = if newest {
-            self.ready.last_key_value()?
+        let seq = if newest {
+            self.ready.last()?
         } else {
-            self.ready.first_key_value()?
+            self.ready.first()?
         };
         Some(self.position(seq))
     }
@@ -169,7 +169,7 @@ impl Keys {
         let lane = &mut self.lanes[id as usize];
         let first = lane.queued.pop_front();
         debug_assert_eq!(first, Some(seq), "items leave their lane oldest first");
-        self.ready.remove(&seq);
+        self.ready.remove(seq);
         if serve {
             lane.running += 1;
         }
@@ -219,19 +219,21 @@ impl Keys {
     }
 
     fn lane_of(&mut self, key: KeyHash) -> u32 {
-        if let Some(&id) = self.ids.get(&key) {
-            return id;
-        }
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None => {
-                self.lanes.push(Lane::default());
-                u32::try_from(self.lanes.len() - 1).expect("fewer keys than 2^32 at once")
-            }
-        };
-        self.lanes[id as usize].key = key;
-        self.ids.insert(key, id);
-        id
+        let Keys {
+            ids, lanes, free, ..
+        } = self;
+        // One probe of the map, found or made.
+        *ids.entry(key).or_insert_with(|| {
+            let id = match free.pop() {
+                Some(id) => id,
+                None => {
+                    lanes.push(Lane::default());
+                    u32::try_from(lanes.len() - 1).expect("fewer keys than 2^32 at once")
+                }
+            };
+            lanes[id as usize].key = key;
+            id
+        })
     }
 
     /// Restores invariants 3 and 4 for lane `id` after a change.
@@ -252,6 +254,59 @@ impl Keys {
             }
             None => {}
         }
+    }
+}
+
+/// The ready lanes, by the sequence number of their first queued item, in a deque kept in
+/// order: a push files its lane at the back (its number is the newest), a take serves the
+/// front, so the common changes are at the ends; a lane freed by a release is filed in its
+/// place by a binary search.
+#[derive(Debug, Default)]
+struct Ready(VecDeque<(u64, u32)>);
+
+impl Ready {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn first(&self) -> Option<u64> {
+        self.0.front().map(|&(seq, _)| seq)
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.0.back().map(|&(seq, _)| seq)
+    }
+
+    /// Files lane `id` under `seq`; a lane already filed there stays filed once.
+    #[inline]
+    fn insert(&mut self, seq: u64, id: u32) {
+        match self.0.back() {
+            Some(&(last, _)) if last == seq => {}
+            Some(&(last, _)) if last > seq => {
+                if let Err(pos) = self.0.binary_search_by_key(&seq, |&(seq, _)| seq) {
+                    self.0.insert(pos, (seq, id));
+                }
+            }
+            _ => self.0.push_back((seq, id)),
+        }
+    }
+
+    #[inline]
+    fn remove(&mut self, seq: u64) {
+        match self.0.front() {
+            Some(&(first, _)) if first == seq => {
+                self.0.pop_front();
+            }
+            _ => {
+                if let Ok(pos) = self.0.binary_search_by_key(&seq, |&(seq, _)| seq) {
+                    self.0.remove(pos);
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -326,6 +381,23 @@ mod tests {
         assert_eq!(keys.keys(), 1, "the running lane stays");
         assert!(!keys.release(one));
         assert_eq!(keys.keys(), 0);
+    }
+
+    #[test]
+    fn a_lane_is_filed_once_however_often_it_is_refiled() {
+        let mut keys = Keys::new(3, false);
+        keys.push(1);
+        keys.push(1);
+        keys.push(1);
+        keys.push(2);
+        let first = keys.remove(0, true); // key 1 runs one, its next item stays filed
+        assert!(!keys.release(first), "key 1 had places free");
+        // Filed once each: key 1 under its next item, key 2.
+        assert_eq!(keys.ready.0, [(1, 0), (3, 1)]);
+        keys.remove(keys.next(false).unwrap(), true);
+        keys.remove(keys.next(false).unwrap(), true);
+        keys.remove(keys.next(false).unwrap(), true);
+        assert_eq!(keys.next(false), None);
     }
 
     #[test]

@@ -129,13 +129,12 @@ pub(super) struct Timed {
     pub(super) expired: u64,
 }
 
-/// What one timed or keyed take removed: the items to serve, those shed with their
-/// reasons, and (keyed) the lanes of the served items, to release when their work is done.
+/// What one timed or keyed take removed: the items to serve, and those shed with their
+/// reasons.
 #[derive(Debug)]
 pub(crate) struct Taken<T, S> {
     pub(crate) served: S,
     pub(crate) shed: Vec<(T, Expired)>,
-    pub(crate) lanes: Vec<u32>,
 }
 
 impl<T, S: Default> Default for Taken<T, S> {
@@ -143,7 +142,6 @@ impl<T, S: Default> Default for Taken<T, S> {
         Taken {
             served: S::default(),
             shed: Vec::new(),
-            lanes: Vec::new(),
         }
     }
 }
