@@ -110,8 +110,9 @@ impl<T> Shared<T> {
     /// new item. Shutdown then finds them gone.
     pub(super) fn stop_with(&self, cause: StopCause) {
         self.set_cause(cause);
-        self.stop.cancel();
+        // The workers first: once intake is seen stopped, no worker takes a new item.
         self.stop_workers();
+        self.stop.cancel();
         self.queue.close();
     }
 
@@ -120,8 +121,10 @@ impl<T> Shared<T> {
     /// between items, and its waits end), and the queue's takes end at once, so that a
     /// worker waiting for an item of a busy key does not take it once the key is freed.
     pub(super) fn stop_workers(&self) {
-        self.worker_token.cancel();
+        // Takes end first: a worker the token stops may free a key (its lease), and one
+        // waiting for that key's item must not take it.
         self.queue.halt();
+        self.worker_token.cancel();
     }
 
     pub(super) fn set_cause(&self, cause: StopCause) {
