@@ -29,6 +29,11 @@
 //!   shed item handed to [`on_expired`](PipelineBuilder::on_expired) with why ([`Expired`]);
 //!   queue delays in [`Stats`] ([`DelayHistogram`]), and [watermarks](PipelineBuilder::watermarks)
 //!   as an awaitable [`Pressure`] signal.
+//! - Keyed lanes: with [`key_by`](PipelineBuilder::key_by), each key's items run in push
+//!   order, at most [`per_key`](PipelineBuilder::per_key) at once, different keys in
+//!   parallel with no fixed lanes; [`coalesce`](PipelineBuilder::coalesce) keeps only the
+//!   latest waiting item of a key, handing the replaced one back
+//!   ([`PushOutcome::Superseded`]).
 //! - Loss you can see while it happens: live [`Stats`] from the pipeline or any
 //!   [`Producer`] handle, a hook called with each shed item
 //!   ([`on_shed`](PipelineBuilder::on_shed)), and with the `tracing` feature one warning when

@@ -221,9 +221,9 @@ async fn drop_newest_sheds_the_incoming_item(sp: Sp) {
 /// `Block` waits for a free slot, whichever key frees it: here key 1's second item, which
 /// may run once its first is done.
 async fn block_waits_for_a_slot_of_any_key(sp: Sp) {
-    let (pipeline, gate) = full_behind_a_busy_key(sp, Policy::Block).await;
+    let (pipeline, gate) = full_behind_a_busy_key(sp.clone(), Policy::Block).await;
     let producer = pipeline.producer();
-    let push = common::spawn(&pipeline_sp(), async move { producer.push((4, 0)).await });
+    let push = common::spawn(&sp, async move { producer.push((4, 0)).await });
     gate.assert_none().await;
     gate.release(); // (1, 0) done: (1, 1) is the oldest that may run
     assert_eq!(gate.next().await, (1, 1));
@@ -233,12 +233,6 @@ async fn block_waits_for_a_slot_of_any_key(sp: Sp) {
     let report = pipeline.shutdown().await;
     assert_eq!(report.produced, 5, "{report}");
     assert!(report.is_conserved(), "{report}");
-}
-
-/// The producer's task in `block_waits_for_a_slot_of_any_key` runs on smol's global
-/// executor, whatever the test's runtime: a push is runtime-agnostic.
-fn pipeline_sp() -> Sp {
-    Arc::new(backpressure_pipeline::SmolSpawner::new())
 }
 
 // ---- Coalescing ----
