@@ -88,6 +88,30 @@ struct Config {
     latency_seed: u64,
     /// Shedding by queue delay at the exit, if any (on the real clock: some items expire).
     by_delay: ByDelay,
+    /// Keyed lanes, if any.
+    keys: Keys,
+}
+
+/// A run's keyed lanes: the key is the item's id modulo `modulus`.
+#[derive(Debug, Clone, Copy)]
+enum Keys {
+    None,
+    PerKey { modulus: u64, per_key: usize },
+    Coalesce { modulus: u64 },
+}
+
+impl Keys {
+    fn apply(self, builder: PipelineBuilder<(u64, Tracked)>) -> PipelineBuilder<(u64, Tracked)> {
+        match self {
+            Keys::None => builder,
+            Keys::PerKey { modulus, per_key } => builder
+                .key_by(move |item: &(u64, Tracked)| item.0 % modulus)
+                .per_key(per_key),
+            Keys::Coalesce { modulus } => builder
+                .key_by(move |item: &(u64, Tracked)| item.0 % modulus)
+                .coalesce(),
+        }
+    }
 }
 
 /// A run's shedding by queue delay.
@@ -138,6 +162,16 @@ impl Config {
                 },
                 _ => ByDelay::None,
             },
+            keys: match rng.below(6) {
+                0 | 1 => Keys::PerKey {
+                    modulus: rng.pick(&[1, 7, 1000]),
+                    per_key: 1 + rng.below(3) as usize,
+                },
+                2 => Keys::Coalesce {
+                    modulus: rng.pick(&[1, 7, 1000]),
+                },
+                _ => Keys::None,
+            },
         }
     }
 }
@@ -147,6 +181,7 @@ impl Config {
 struct Seen {
     produced: u64,
     dropped: u64,
+    superseded: u64,
     closed: u64,
 }
 
@@ -191,7 +226,10 @@ impl Producer {
                 return false;
             }
             PushOutcome::Full(_) => unreachable!("the producers wait for room"),
-            PushOutcome::Superseded(_) => unreachable!("only a coalescing pipeline supersedes"),
+            PushOutcome::Superseded(_) => {
+                seen.produced += 1;
+                seen.superseded += 1;
+            }
         }
         // The external cancel, at a random push of the run.
         if Some(self.pushes.fetch_add(1, Ordering::Relaxed)) == self.cancel_at {
@@ -248,6 +286,7 @@ struct Totals {
     processed: u64,
     dropped: u64,
     expired: u64,
+    superseded: u64,
     abandoned: u64,
     cancelled_runs: u64,
     unresponsive_runs: u64,
@@ -258,9 +297,12 @@ async fn run_once(sp: &Sp, config: Config, rng: &mut Rng, totals: &mut Totals) {
     let app = CancellationToken::new();
     let processed = Arc::new(AtomicU64::new(0));
     let expired = Arc::new(AtomicU64::new(0));
+    let builder = config
+        .keys
+        .apply(Pipeline::builder(config.capacity, config.policy));
     let pipeline = config
         .by_delay
-        .apply(Pipeline::builder(config.capacity, config.policy))
+        .apply(builder)
         .on_expired({
             let expired = expired.clone();
             move |(_, item): (u64, Tracked), _| {
@@ -319,6 +361,7 @@ async fn run_once(sp: &Sp, config: Config, rng: &mut Rng, totals: &mut Totals) {
         let seen = producer.await.expect("a producer panicked");
         all.produced += seen.produced;
         all.dropped += seen.dropped;
+        all.superseded += seen.superseded;
         all.closed += seen.closed;
     }
     let report = pipeline.shutdown().await;
@@ -327,8 +370,8 @@ async fn run_once(sp: &Sp, config: Config, rng: &mut Rng, totals: &mut Totals) {
     assert_eq!(report.panicked, 0, "{context}");
     // Every push is counted in the report or came back Closed.
     assert_eq!(
-        (report.produced, report.dropped),
-        (all.produced, all.dropped),
+        (report.produced, report.dropped, report.superseded),
+        (all.produced, all.dropped, all.superseded),
         "{context}"
     );
     if config.unresponsive_after > Duration::ZERO {
@@ -352,6 +395,9 @@ async fn run_once(sp: &Sp, config: Config, rng: &mut Rng, totals: &mut Totals) {
     if let ByDelay::None = config.by_delay {
         assert_eq!(report.expired, 0, "{context}");
     }
+    if !matches!(config.keys, Keys::Coalesce { .. }) {
+        assert_eq!(report.superseded, 0, "{context}");
+    }
     drop(pipeline);
     // No worker, item or closure outlives the pipeline.
     live.all_dropped().await;
@@ -374,6 +420,7 @@ async fn run_once(sp: &Sp, config: Config, rng: &mut Rng, totals: &mut Totals) {
     totals.processed += report.processed;
     totals.dropped += report.dropped;
     totals.expired += report.expired;
+    totals.superseded += report.superseded;
     totals.abandoned += report.abandoned;
 }
 
@@ -398,7 +445,8 @@ async fn soak(sp: Sp) {
     let elapsed = started.elapsed();
     println!(
         "soak on {runtime}: {} runs ({} cancelled, {} with workers named unresponsive), {} \
-         pushes, {} produced = {} processed + {} dropped + {} expired + {} abandoned; all \
+         pushes, {} produced = {} processed + {} dropped + {} expired + {} superseded + {} \
+         abandoned; all \
          checked in \
          {elapsed:.2?}, {:.0} items/s",
         totals.runs,
@@ -409,6 +457,7 @@ async fn soak(sp: Sp) {
         totals.processed,
         totals.dropped,
         totals.expired,
+        totals.superseded,
         totals.abandoned,
         totals.pushes as f64 / elapsed.as_secs_f64(),
     );
