@@ -31,6 +31,13 @@
 //!    close misses none that returned `Shed` and counts none that returned `Closed`.
 //! 6. `len` is a copy of the buffer's length, stored under the lock after every change, so
 //!    that lock-free readers (`len()`, the shed check) see a length the buffer really had.
+//! 7. A keyed queue (`keyed.rs`, a pipeline's with `key_by`) serves only items whose key is
+//!    free, so a popper may wait while items are queued. Each item that may run wakes one
+//!    popper: a push of a free key's item, and each item a release lets run (a worker's
+//!    lanes are released in its next take's critical section, which serves one of them
+//!    itself). Whatever ends the waits for good wakes every popper: the take that empties a
+//!    closed queue, `take_all`, `halt`, and a push that leaves a full queue holding only
+//!    busy keys' items (a batch being filled may hold those keys).
 //!
 //! Lock: the buffer lock is held for a few instructions and never across an `.await` or user
 //! code (no item is dropped and no waker is woken under it), so it is a blocking
