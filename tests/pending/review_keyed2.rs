@@ -1,8 +1,8 @@
-// NOT COMPILED (a subdirectory of tests/): the second keyed review, cut short at the end of the
-// 2026-12-01 session. Two bodies failed at times and were not yet diagnosed:
-// `two_fillers_end_when_full` (a hang, seen on tokio_mt and smol, 1 run in ~3) and
-// `restart_worker_at_deadline` (its expected counts race the grace on the manual clock;
-// the law held). Move it back to tests/ to work on it.
+// NOT COMPILED (a subdirectory of tests/): the second keyed review, finished as the
+// 2026-12-01 session ended. Every body passes but `two_fillers_end_when_full` (marked FAULT:
+// a keyed batch woken because the queue was full can find it no longer full, when another
+// worker took first, and wait on with its own key held; a hang about 1 run in 2-10 with
+// `Duration::MAX`). Not fixed yet: move this file back to tests/ with the fix.
 
 //! Review (2) of keyed lanes: release at the next take, `Queue::halt`, `Queue::stuck`, and
 //! the key function's single run per push. No sleeps: gates, the manual clock, `idle()`.
@@ -130,21 +130,20 @@ async fn max_age_shed_on_release_runs_the_next(sp: Sp) {
         .expect("build");
     let _ = pipeline.try_push((0, 1));
     assert_eq!(gate.next().await, (0, 1));
+    gate.assert_none().await; // the other worker waits: nothing ready
     let _ = pipeline.try_push((0, 2)); // will be stale
-    let _ = pipeline.try_push((1, 1)); // B, taken by the other worker
-    assert_eq!(gate.next().await, (1, 1));
     clock.advance(20 * MS);
     let _ = pipeline.try_push((0, 3)); // fresh
-    let _ = pipeline.try_push((2, 1)); // fresh, other key
     gate.assert_none().await;
-    gate.release(); // (A,1) done: A,2 shed, next take runs A,3 (older than C,1)
+    gate.release(); // (A,1) done: its next take sheds (A,2) and runs (A,3)
     assert_eq!(gate.next().await, (0, 3));
-    gate.release(); // (B,1) done: C,1
+    gate.assert_none().await;
+    let _ = pipeline.try_push((2, 1)); // the waiting worker takes it
     assert_eq!(gate.next().await, (2, 1));
     gate.open();
     let r = pipeline.shutdown().await;
     assert!(r.is_conserved(), "{r:?}");
-    assert_eq!((r.processed, r.expired), (4, 1), "{r:?}");
+    assert_eq!((r.processed, r.expired), (3, 1), "{r:?}");
     assert_eq!(expired.load(Ordering::SeqCst), 1);
 }
 
@@ -259,6 +258,7 @@ async fn restart_worker_at_deadline(sp: Sp) {
     });
     token.cancelled().await;
     gate.release();
+    until(|| pipeline.stats().processed >= 1).await;
     loop {
         if let Ok(Some(r)) = report.try_recv() {
             assert!(r.is_conserved(), "{r:?}");
@@ -301,6 +301,20 @@ async fn keyed_batch_fill_ends_on_close(sp: Sp) {
     assert_eq!(*lock(&batches), [vec![(0, 1)], vec![(0, 2)]]);
 }
 
+// FAULT: (intermittent, ~1 run in 10 on the multi-threaded runtimes; hangs until the
+// watchdog) the "stuck" end of a keyed fill is a snapshot, and the wake-all can reach a
+// filler after the condition has gone. Capacity 2, two batch workers, Batch(4, MAX): F1
+// fills holding A (took (A,1)), W2 fills holding B (took (B,1)). Pushing (A,2) then (B,2)
+// leaves the queue full of items neither may run: `enqueue` wakes all poppers (stuck). If
+// W2 polls first, its fill ends (stuck), it delivers [(B,1)], runs it, and its next take
+// releases B and takes (B,2): the queue holds only (A,2) and is no longer full. F1 polls
+// only now: nothing ready (A is its own), not stuck -> it parks again, holding A with (A,2)
+// queued behind it, until a new item or close. Expected (and what happens when F1 polls
+// first): [(A,1)] delivered, since the queue was full of items only its release could
+// unblock when it was woken. Cause: `poll_take`'s `stuck_ends` re-evaluates `Queue::stuck`
+// (len + reserved >= capacity || closed) at poll time; nothing remembers that the wake was
+// a stuck wake, and the later take by another worker (which makes the queue non-full)
+// does not wake the fillers again.
 /// Two keyed batch workers, each filling with its own key; the queue fills with their
 /// keys' items: both fills end (wake-all), and everything runs.
 async fn two_fillers_end_when_full(sp: Sp) {
@@ -328,15 +342,13 @@ async fn two_fillers_end_when_full(sp: Sp) {
     let _ = pipeline.try_push((1, 1));
     common::idle().await;
     // Either the first filler took B too, or the second worker holds it.
-    let _ = pipeline.try_push((0, 2));
-    let _ = pipeline.try_push((1, 2));
+    assert_eq!(pipeline.push((0, 2)).await, PushOutcome::Accepted);
+    assert_eq!(pipeline.push((1, 2)).await, PushOutcome::Accepted);
     // The full queue ends both fills (a later batch may wait to fill: `Duration::MAX`).
     let mut seen = Vec::new();
     while !(seen.contains(&(0, 1)) && seen.contains(&(1, 1))) {
         seen.extend(gate.next().await);
-        eprintln!("STAGE seen {seen:?} len {}", pipeline.len());
     }
-    eprintln!("STAGE shutdown");
     let r = pipeline.shutdown().await;
     let mut all: Vec<Item> = lock(&batches).concat();
     all.sort();
