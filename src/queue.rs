@@ -136,6 +136,18 @@ pub struct Queue<T> {
     keyer: Option<Keyer<T>>,
     /// Keyed and coalescing: a push may replace its key's pending item, even when full.
     coalesce: bool,
+    /// Keyed: how many batches are being filled ([`Queue::fill`]). While any is, a push of
+    /// a busy key wakes every popper: it may be an item of a filling batch's own key.
+    fillers: AtomicUsize,
+}
+
+/// A keyed batch being filled, counted in [`Queue::fillers`] while it lives.
+pub(crate) struct Fill<'a>(&'a AtomicUsize);
+
+impl Drop for Fill<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A keyed take's lanes: those of the worker's previous unit, released first (unless
@@ -415,6 +427,7 @@ impl<T> Queue<T> {
             clock: None,
             keyer: None,
             coalesce: false,
+            fillers: AtomicUsize::new(0),
         })
     }
 
@@ -430,6 +443,16 @@ impl<T> Queue<T> {
 
     pub(crate) fn is_keyed(&self) -> bool {
         self.keyer.is_some()
+    }
+
+    /// Counts a keyed batch being filled until the guard drops, so that a push of one of
+    /// its keys wakes it (its fill ends rather than wait on its own key's item).
+    ///
+    /// Relaxed: the count is raised before the filling take's first lock, and a push reads
+    /// it under the lock, so a push that the take did not see sees the count.
+    pub(crate) fn fill(&self) -> Fill<'_> {
+        self.fillers.fetch_add(1, Ordering::Relaxed);
+        Fill(&self.fillers)
     }
 
     /// Ends every take, now and from now on, as if the queue were closed and empty: a
@@ -874,9 +897,9 @@ impl<T> Queue<T> {
         }
         if may_run {
             wake.add(inner.poppers.notify_one());
-        } else if self.stuck(inner) {
-            // A batch being filled may wait on nothing but items of its own keys now: every
-            // popper looks again (`poll_take`'s `stuck_ends`).
+        } else if self.fillers.load(Ordering::Relaxed) > 0 || self.stuck(inner) {
+            // A batch being filled may hold this item's key, or wait on nothing but items of
+            // its own keys now: every popper looks again (`poll_take`'s `stuck_ends`).
             for waker in inner.poppers.notify_all() {
                 wake.add(Some(waker));
             }
@@ -1227,8 +1250,15 @@ impl<T> Queue<T> {
                 }
                 // Keyed, items of busy keys may be left: their release wakes this line. But a
                 // batch being filled may hold those keys itself: with `stuck_ends` it ends
-                // when no other item can come (closed, or full with nothing to evict).
-                let stuck = stuck_ends && self.stuck(&inner);
+                // when an item of a key it holds waits, or no other item can come (closed,
+                // or full with nothing to evict). Judged now, when it looks: a wake-up for a
+                // full queue may find it no longer full once another worker took first.
+                let stuck = stuck_ends
+                    && (self.stuck(&inner)
+                        || lanes
+                            .as_ref()
+                            .zip(inner.keys_ref())
+                            .is_some_and(|(lanes, keys)| keys.any_queued(lanes.held)));
                 if stuck || (self.is_closed() && inner.buf.is_empty()) {
                     // Empty is final (invariant 4).
                     after.leave(inner.poppers.leave(ticket));

@@ -433,7 +433,8 @@ impl<T: Send + 'static, H> PipelineBuilder<T, H> {
     /// are no fixed lanes, so one slow key holds up its own items and no others. An item
     /// stays running until its work is done: through its retries (a retried item keeps its
     /// key's order) and, in a batch, until the whole batch is done. Across keys, items are
-    /// served oldest first.
+    /// served oldest first. A batch being filled never waits on an item of a key it holds:
+    /// such an item's push (or the queue closing) delivers the batch at once.
     ///
     /// `key` runs once per push, before the queue's lock, as does `K`'s `Hash`; keys are
     /// told apart by a 128-bit hash with random seeds (two distinct keys share a lane with

@@ -229,6 +229,8 @@ impl<T: Send + 'static> Source<T> for Batch {
         if self.max_wait.is_zero() || first.len() == self.max_items {
             return Some(first);
         }
+        // Keyed: counted while it fills, so that a push of one of its keys ends the fill.
+        let _fill = shared.queue.is_keyed().then(|| shared.queue.fill());
         // Held across the waits below: parked if this future is dropped (an abort at the
         // deadline), so that shutdown hands the items back.
         let mut filling = Filling {

@@ -124,6 +124,13 @@ impl Keys {
         lane.queued.front().map(|&seq| self.position(seq))
     }
 
+    /// Whether any of `held` (lanes a worker holds) has an item queued: a batch being filled
+    /// must not wait on it.
+    pub(super) fn any_queued(&self, held: &[u32]) -> bool {
+        held.iter()
+            .any(|&id| !self.lanes[id as usize].queued.is_empty())
+    }
+
     /// Files an item of `key` pushed at the back of the buffer.
     pub(super) fn push(&mut self, key: KeyHash) -> bool {
         let id = self.lane_of(key);

@@ -1,9 +1,3 @@
-// NOT COMPILED (a subdirectory of tests/): the second keyed review, finished as the
-// 2026-12-01 session ended. Every body passes but `two_fillers_end_when_full` (marked FAULT:
-// a keyed batch woken because the queue was full can find it no longer full, when another
-// worker took first, and wait on with its own key held; a hang about 1 run in 2-10 with
-// `Duration::MAX`). Not fixed yet: move this file back to tests/ with the fix.
-
 //! Review (2) of keyed lanes: release at the next take, `Queue::halt`, `Queue::stuck`, and
 //! the key function's single run per push. No sleeps: gates, the manual clock, `idle()`.
 
@@ -81,25 +75,27 @@ async fn batch_release_runs_both_keys(sp: Sp) {
     let _ = pipeline.try_push((1, 1));
     let _ = pipeline.try_push((0, 2));
     let _ = pipeline.try_push((1, 2));
+    // One batch of both, or one each (whichever worker took first); never a second item
+    // of a key while its first is held.
     let mut seen = vec![gate.next().await];
-    common::idle().await;
-    if let Ok(more) = futures_util::FutureExt::now_or_never(gate.next()).ok_or(()) {
-        seen.push(more);
+    while !(seen.concat().contains(&(0, 1)) && seen.concat().contains(&(1, 1))) {
+        seen.push(gate.next().await);
     }
+    gate.assert_none().await;
     let flat: Vec<Item> = seen.concat();
-    assert!(flat.contains(&(0, 1)) && flat.contains(&(1, 1)), "{seen:?}");
-    assert!(!flat.contains(&(0, 2)) && !flat.contains(&(1, 2)), "{seen:?}");
-    for _ in 0..seen.len() {
-        gate.release();
-    }
+    assert!(
+        !flat.contains(&(0, 2)) && !flat.contains(&(1, 2)),
+        "{seen:?}"
+    );
+    // Open, not one release per batch: a release can reach any held worker, and a worker
+    // that runs twice on two releases leaves the other holding its key.
+    gate.open();
     let mut next: Vec<Item> = gate.next().await;
-    common::idle().await;
-    while let Some(b) = futures_util::FutureExt::now_or_never(gate.next()) {
-        next.extend(b);
+    while next.len() < 2 {
+        next.extend(gate.next().await);
     }
     next.sort();
     assert_eq!(next, [(0, 2), (1, 2)]);
-    gate.open();
     let r = pipeline.shutdown().await;
     assert!(r.is_conserved(), "{r:?}");
     assert_eq!(r.processed, 4);
@@ -170,7 +166,11 @@ async fn unkeyed_drains_fully(sp: Sp) {
     gate.open();
     let r = report.await.expect("report");
     assert!(r.is_conserved(), "{r:?}");
-    assert_eq!((r.processed, r.handed_back, r.deadline_exceeded), (16, 0, false), "{r:?}");
+    assert_eq!(
+        (r.processed, r.handed_back, r.deadline_exceeded),
+        (16, 0, false),
+        "{r:?}"
+    );
 }
 
 /// Unkeyed at the deadline: leftovers in order, the law, no take after the deadline.
@@ -274,7 +274,7 @@ async fn restart_worker_at_deadline(sp: Sp) {
     }
 }
 
-/// A keyed batch filling with its own key's items queued ends its fill on close.
+/// A keyed batch filling ends when its own key's item waits, and on close.
 async fn keyed_batch_fill_ends_on_close(sp: Sp) {
     let batches = Arc::new(Mutex::new(Vec::<Vec<Item>>::new()));
     let pipeline = Pipeline::builder(8, Policy::Block)
@@ -292,29 +292,24 @@ async fn keyed_batch_fill_ends_on_close(sp: Sp) {
     let _ = pipeline.try_push((0, 1));
     until(|| pipeline.is_empty()).await;
     common::idle().await;
+    // An item of the filling batch's own key ends the fill at once (queue not full); the
+    // next batch, (0, 2), fills until the close ends it.
     let _ = pipeline.try_push((0, 2));
-    common::idle().await;
-    assert!(lock(&batches).is_empty());
+    until(|| !lock(&batches).is_empty()).await;
+    assert_eq!(*lock(&batches), [vec![(0, 1)]]);
     let r = pipeline.shutdown().await;
     assert!(r.is_conserved(), "{r:?}");
     assert_eq!(r.processed, 2, "{r:?}");
     assert_eq!(*lock(&batches), [vec![(0, 1)], vec![(0, 2)]]);
 }
 
-// FAULT: (intermittent, ~1 run in 10 on the multi-threaded runtimes; hangs until the
-// watchdog) the "stuck" end of a keyed fill is a snapshot, and the wake-all can reach a
-// filler after the condition has gone. Capacity 2, two batch workers, Batch(4, MAX): F1
-// fills holding A (took (A,1)), W2 fills holding B (took (B,1)). Pushing (A,2) then (B,2)
-// leaves the queue full of items neither may run: `enqueue` wakes all poppers (stuck). If
-// W2 polls first, its fill ends (stuck), it delivers [(B,1)], runs it, and its next take
-// releases B and takes (B,2): the queue holds only (A,2) and is no longer full. F1 polls
-// only now: nothing ready (A is its own), not stuck -> it parks again, holding A with (A,2)
-// queued behind it, until a new item or close. Expected (and what happens when F1 polls
-// first): [(A,1)] delivered, since the queue was full of items only its release could
-// unblock when it was woken. Cause: `poll_take`'s `stuck_ends` re-evaluates `Queue::stuck`
-// (len + reserved >= capacity || closed) at poll time; nothing remembers that the wake was
-// a stuck wake, and the later take by another worker (which makes the queue non-full)
-// does not wake the fillers again.
+// Was a fault, fixed: the "stuck" end of a keyed fill was judged when the filler looked,
+// not when it was woken. Capacity 2, two batch workers, Batch(4, MAX): F1 fills holding A,
+// W2 holding B; (A,2) and (B,2) fill the queue and wake every popper. If W2 looked first,
+// its fill ended, it ran, and its next take freed B and took (B,2): the queue was no longer
+// full when F1 looked, so F1 waited on, holding A with (A,2) behind it (a hang about 1 run
+// in 2-10). Now a filling take ends whenever an item of a key it holds waits, and while a
+// batch fills, a push of a busy key wakes every popper.
 /// Two keyed batch workers, each filling with its own key; the queue fills with their
 /// keys' items: both fills end (wake-all), and everything runs.
 async fn two_fillers_end_when_full(sp: Sp) {
@@ -355,6 +350,33 @@ async fn two_fillers_end_when_full(sp: Sp) {
     assert_eq!(all, [(0, 1), (0, 2), (1, 1), (1, 2)]);
     assert!(r.is_conserved(), "{r:?}");
     assert_eq!(r.processed, 4);
+}
+
+/// A batch being filled ends as soon as an item of its own key waits, full queue or not;
+/// an item of another key joins it.
+async fn a_fill_ends_when_its_own_key_waits(sp: Sp) {
+    let (gate, gated) = gate::<Vec<Item>>();
+    let pipeline = Pipeline::builder(8, Policy::Block)
+        .workers(1)
+        .deadline(HOUR)
+        .key_by(|i: &Item| i.0)
+        .spawn_batched(sp, Batch::new(4, Duration::MAX), move |b: Vec<Item>| {
+            let gated = gated.clone();
+            async move { gated.hold(b).await }
+        })
+        .expect("build");
+    assert_eq!(pipeline.push((0, 1)).await, PushOutcome::Accepted);
+    until(|| pipeline.is_empty()).await;
+    // The worker holds key 0 and fills: key 1 joins, key 0 ends the fill.
+    assert_eq!(pipeline.push((1, 1)).await, PushOutcome::Accepted);
+    until(|| pipeline.is_empty()).await;
+    assert_eq!(pipeline.push((0, 2)).await, PushOutcome::Accepted);
+    assert_eq!(gate.next().await, [(0, 1), (1, 1)]);
+    gate.open();
+    let r = pipeline.shutdown().await;
+    assert_eq!(gate.next().await, [(0, 2)]);
+    assert!(r.is_conserved(), "{r:?}");
+    assert_eq!(r.processed, 3);
 }
 
 /// The key function runs once per push on every push path.
@@ -405,5 +427,6 @@ on_every_runtime!(
     restart_worker_at_deadline,
     keyed_batch_fill_ends_on_close,
     two_fillers_end_when_full,
+    a_fill_ends_when_its_own_key_waits,
     key_runs_once_on_every_path,
 );
