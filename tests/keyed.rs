@@ -411,8 +411,8 @@ async fn a_batch_holds_its_keys_and_never_waits_on_them(sp: Sp) {
     assert_eq!(pipeline.push((1, 1)).await, PushOutcome::Accepted);
     assert_eq!(pipeline.push((1, 2)).await, PushOutcome::Accepted);
     assert_eq!(gate.next().await, [(1, 0)]);
-    // The next batch takes (1, 1) and waits to fill (the queue has room again); the drain
-    // delivers it, then (1, 2) alone.
+    // The next batch takes (1, 1) and is delivered at once ((1, 2), of its key, waits),
+    // then (1, 2) alone.
     gate.open();
     let report = pipeline.shutdown().await;
     assert_eq!(gate.next().await, [(1, 1)]);
