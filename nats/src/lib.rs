@@ -302,7 +302,6 @@ impl JetStreamSource {
             report
         };
         let report = main.await;
-        drop(fetcher);
         drop(pipeline);
         settler.await;
         // Items lost in an aborted worker's hands or in a panic were never acked: the broker
@@ -495,14 +494,26 @@ impl Settle {
             .unwrap_or(1);
         if delivered < self.retry.max_attempts() {
             let delay = self.retry.delay(delivered);
-            send(msg, AckKind::Nak(Some(delay)), &self.counts.nacked, &self.counts).await;
+            send(
+                msg,
+                AckKind::Nak(Some(delay)),
+                &self.counts.nacked,
+                &self.counts,
+            )
+            .await;
             return;
         }
         if let Some(subject) = &self.dead_letter {
             if let Err(e) = self.publish_dead_letter(subject, msg, &error).await {
                 tracing::warn!(error = %e, "could not publish a dead letter; the message is nak'ed");
                 let delay = self.retry.delay(delivered);
-                send(msg, AckKind::Nak(Some(delay)), &self.counts.nacked, &self.counts).await;
+                send(
+                    msg,
+                    AckKind::Nak(Some(delay)),
+                    &self.counts.nacked,
+                    &self.counts,
+                )
+                .await;
                 return;
             }
             if send(msg, AckKind::Term, &self.counts.termed, &self.counts).await {
@@ -524,7 +535,10 @@ impl Settle {
         headers.insert(DEAD_LETTER_ERROR, error.replace(['\r', '\n'], " ").as_str());
         headers.insert(DEAD_LETTER_SUBJECT, msg.subject.as_str());
         if let Ok(info) = msg.info() {
-            headers.insert(DEAD_LETTER_SEQUENCE, info.stream_sequence.to_string().as_str());
+            headers.insert(
+                DEAD_LETTER_SEQUENCE,
+                info.stream_sequence.to_string().as_str(),
+            );
         }
         self.jetstream
             .publish_with_headers(subject.to_owned(), headers, msg.payload.clone())

@@ -143,13 +143,16 @@ async fn failures_are_nakd_then_dead_lettered() {
     );
     assert_eq!(report.dead_lettered, 50, "{report}");
     assert_eq!(report.pipeline.failed, 150, "{report:?}");
-    let calls = calls.lock().unwrap();
-    assert!(
-        calls
-            .iter()
-            .all(|(id, n)| *n == if id % 2 == 0 { 3 } else { 1 }),
-        "{calls:?}"
-    );
+    {
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 100);
+        assert!(
+            calls
+                .iter()
+                .all(|(id, n)| *n == if id % 2 == 0 { 3 } else { 1 }),
+            "{calls:?}"
+        );
+    }
     // The dead letter carries the error on one line, and the original payload.
     let letter = dead.get_raw_message(1).await.unwrap();
     let headers = letter.headers;
