@@ -568,10 +568,11 @@ struct Fetcher<'a> {
 }
 
 impl Fetcher<'_> {
-    /// Runs until `stopping` (after the batch under way) or until the pipeline closes.
+    /// Runs until `stopping` or the pipeline closes (a stop of its own, say no worker could
+    /// start), after the batch under way.
     async fn run(&self) {
         let mut pause = Duration::from_millis(50);
-        while !self.stopping.load(Ordering::Relaxed) {
+        while !self.stopping.load(Ordering::Relaxed) && !self.pipeline.is_closed() {
             // Only this loop pushes, and workers only take: the room can only grow until
             // the pushes below, so a batch of `room` never waits for room. With none, one
             // message is fetched and its push waits: back-pressure, one message in hand.
