@@ -232,6 +232,16 @@ impl JetStreamSource {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        if let Some(subject) = &self.dead_letter {
+            // A subject no stream captures would fail every dead letter: each message past
+            // its last attempt would be nak'ed again and again.
+            if let Err(e) = self.jetstream.stream_by_subject(subject.as_str()).await {
+                return Err(Error::DeadLetter {
+                    subject: subject.clone(),
+                    source: Box::new(e),
+                });
+            }
+        }
         let counts = Arc::new(Counts::default());
         let (expired_tx, mut expired_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
         let settle = Settle {
@@ -309,7 +319,17 @@ impl JetStreamSource {
         counts
             .left
             .fetch_add(report.lost_in_flight + report.panicked, Ordering::Relaxed);
-        Ok(Report::new(report, &counts))
+        // Acks are sent without waiting for the broker: one request on the same connection
+        // after them returns once the broker has read them (a connection's messages are
+        // processed in order), so a process that exits after `run` loses none.
+        let confirmed = match self.consumer.clone().info().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not confirm that the broker has every ack");
+                false
+            }
+        };
+        Ok(Report::new(report, &counts, confirmed))
     }
 }
 
@@ -319,12 +339,24 @@ impl JetStreamSource {
 pub enum Error {
     /// The pipeline could not be built.
     Build(BuildError),
+    /// No stream captures the dead-letter subject (or the broker could not say which does):
+    /// dead letters would fail, and each message past its last attempt would be nak'ed
+    /// for good.
+    DeadLetter {
+        /// The subject given to [`JetStreamSource::dead_letter`].
+        subject: String,
+        /// The broker's answer.
+        source: Box<dyn StdError + Send + Sync>,
+    },
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Build(e) => write!(f, "the pipeline could not be built: {e}"),
+            Error::DeadLetter { subject, .. } => {
+                write!(f, "no stream captures the dead-letter subject {subject:?}")
+            }
         }
     }
 }
@@ -333,6 +365,7 @@ impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             Error::Build(e) => Some(e),
+            Error::DeadLetter { source, .. } => Some(&**source),
         }
     }
 }
@@ -374,10 +407,21 @@ pub struct Report {
     /// Acks, naks or terms the client could not send (a lost connection): the broker
     /// redelivers those messages after `ack_wait`, so their work may be done twice.
     pub settle_errors: u64,
+    /// Of `fetched`, messages delivered before (the broker's delivery count above 1): a
+    /// nak'ed message coming back, or one whose ack did not arrive within `ack_wait`.
+    pub redelivered: u64,
+    /// Pull requests that failed (a lost connection, a deleted consumer), each tried again
+    /// after a pause; logged with `tracing`.
+    pub fetch_errors: u64,
+    /// Whether the broker confirmed, after the last ack, that it has read every ack, nak and
+    /// term sent (a request on the same connection answered). `false` if it could not be
+    /// reached then: the last settles may not have arrived, and those messages are
+    /// redelivered after `ack_wait`.
+    pub confirmed: bool,
 }
 
 impl Report {
-    fn new(pipeline: backpressure_pipeline::Report, counts: &Counts) -> Report {
+    fn new(pipeline: backpressure_pipeline::Report, counts: &Counts, confirmed: bool) -> Report {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Report {
             pipeline,
@@ -391,6 +435,9 @@ impl Report {
             superseded: get(&counts.superseded),
             left: get(&counts.left),
             settle_errors: get(&counts.settle_errors),
+            redelivered: get(&counts.redelivered),
+            fetch_errors: get(&counts.fetch_errors),
+            confirmed,
         }
     }
 
@@ -414,7 +461,8 @@ impl fmt::Display for Report {
         write!(
             f,
             "fetched {}: acked {}, nak'ed {}, terminated {} ({} dead-lettered), shed acked {}, \
-             shed terminated {}, superseded {}, left for redelivery {}, settle errors {}",
+             shed terminated {}, superseded {}, left for redelivery {}, settle errors {}; \
+             redelivered {}, fetch errors {}{}",
             self.fetched,
             self.acked,
             self.nacked,
@@ -424,7 +472,14 @@ impl fmt::Display for Report {
             self.shed_termed,
             self.superseded,
             self.left,
-            self.settle_errors
+            self.settle_errors,
+            self.redelivered,
+            self.fetch_errors,
+            if self.confirmed {
+                ""
+            } else {
+                "; the last settles unconfirmed"
+            }
         )
     }
 }
@@ -441,6 +496,8 @@ struct Counts {
     superseded: AtomicU64,
     left: AtomicU64,
     settle_errors: AtomicU64,
+    redelivered: AtomicU64,
+    fetch_errors: AtomicU64,
 }
 
 fn add(counter: &AtomicU64) {
@@ -587,6 +644,7 @@ impl Fetcher<'_> {
             let mut batch = match batch {
                 Ok(batch) => batch,
                 Err(e) => {
+                    add(&self.counts.fetch_errors);
                     tracing::warn!(error = %e, "a pull request failed; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
@@ -598,11 +656,15 @@ impl Fetcher<'_> {
                 let msg = match msg {
                     Ok(msg) => msg,
                     Err(e) => {
+                        add(&self.counts.fetch_errors);
                         tracing::warn!(error = %e, "a pull request ended with an error");
                         break;
                     }
                 };
                 add(&self.counts.fetched);
+                if msg.info().is_ok_and(|info| info.delivered > 1) {
+                    add(&self.counts.redelivered);
+                }
                 match self.pipeline.push(msg).await {
                     PushOutcome::Accepted => {}
                     PushOutcome::Shed(msg) | PushOutcome::Evicted(msg) => {

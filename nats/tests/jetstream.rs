@@ -63,6 +63,11 @@ async fn a_stalled_pipeline_leaves_the_messages_in_the_broker() {
     stop.notify_one();
     let report = run.await.unwrap().unwrap();
     assert!(report.is_conserved(), "{report:?}");
+    assert_eq!(
+        (report.fetch_errors, report.confirmed),
+        (0, true),
+        "{report}"
+    );
     assert_eq!(report.fetched, 67, "{report}");
     // 64 handed back + 1 refused by the closed pipeline, nak'ed; 2 lost in aborted workers.
     assert_eq!(report.left, 67, "{report}");
@@ -137,11 +142,17 @@ async fn failures_are_nakd_then_dead_lettered() {
     let report = run.await.unwrap().unwrap();
     assert!(report.is_conserved(), "{report:?}");
     assert_eq!(
+        (report.fetch_errors, report.confirmed),
+        (0, true),
+        "{report}"
+    );
+    assert_eq!(
         (report.fetched, report.acked, report.nacked, report.termed),
         (200, 50, 100, 50),
         "{report}"
     );
     assert_eq!(report.dead_lettered, 50, "{report}");
+    assert_eq!(report.redelivered, 100, "{report}");
     assert_eq!(report.pipeline.failed, 150, "{report:?}");
     {
         let calls = calls.lock().unwrap();
@@ -223,6 +234,16 @@ async fn shed_messages_are_terminated_or_acked() {
         stop.notify_one();
         let report = run.await.unwrap().unwrap();
         assert!(report.is_conserved(), "{report:?}");
+        assert_eq!(
+            (report.fetch_errors, report.confirmed),
+            (0, true),
+            "{report}"
+        );
+        assert_eq!(
+            (report.fetch_errors, report.confirmed),
+            (0, true),
+            "{report}"
+        );
         assert_eq!(report.fetched, 200, "{report}");
         let shed_count = match shed {
             Shed::Term => (report.shed_termed, report.shed_acked),
@@ -282,6 +303,11 @@ async fn keyed_by_subject_keeps_each_subjects_order() {
     stop.notify_one();
     let report = run.await.unwrap().unwrap();
     assert!(report.is_conserved(), "{report:?}");
+    assert_eq!(
+        (report.fetch_errors, report.confirmed),
+        (0, true),
+        "{report}"
+    );
     assert_eq!((report.fetched, report.acked), (2_000, 2_000), "{report}");
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 7);
@@ -292,4 +318,33 @@ async fn keyed_by_subject_keeps_each_subjects_order() {
         );
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{key}: {ids:?}");
     }
+}
+
+/// A dead-letter subject that no stream captures is refused before anything is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_subject_without_a_stream_is_refused() {
+    let server = Server::start().await;
+    let js = server.jetstream().await;
+    let s = stream(&js, "NODEAD").await;
+    publish(&js, 3, |_| "NODEAD.x".into()).await;
+    let mut consumer = consumer(&s, "nodead", Duration::from_secs(30)).await;
+    let err = JetStreamSource::new(js.clone(), consumer.clone())
+        .dead_letter("nowhere.dead")
+        .run(
+            Pipeline::builder(4, Policy::Block),
+            TokioSpawner::current().unwrap(),
+            std::future::pending::<()>(),
+            |_: Message| async { Ok::<(), String>(()) },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, backpressure_pipeline_nats::Error::DeadLetter { subject, .. } if subject == "nowhere.dead"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "no stream captures the dead-letter subject \"nowhere.dead\""
+    );
+    assert_eq!(consumer.info().await.unwrap().delivered.stream_sequence, 0);
 }
