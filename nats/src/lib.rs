@@ -93,13 +93,15 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use backpressure_pipeline::{
-    BuildError, Outcome, Pipeline, PipelineBuilder, PushOutcome, Retry, TokioSpawner,
+    BuildError, ConfigError, Outcome, Pipeline, PipelineBuilder, PushOutcome, Retry, TokioSpawner,
 };
 use futures_util::StreamExt;
 
@@ -124,6 +126,12 @@ pub const DEAD_LETTER_ERROR: &str = "Pipeline-Error";
 pub const DEAD_LETTER_SUBJECT: &str = "Pipeline-Subject";
 /// The header a dead-lettered message carries: its sequence number in its stream.
 pub const DEAD_LETTER_SEQUENCE: &str = "Pipeline-Stream-Sequence";
+
+/// How long `run`, once stopped, waits for the broker to confirm the last acks.
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+/// How long past its `expires` a pull request is waited for (its end is the broker's
+/// reply, which a broker gone never sends).
+const PULL_MARGIN: Duration = Duration::from_secs(1);
 
 /// A source that pulls from a JetStream pull consumer into a pipeline. See the
 /// [crate docs](crate) for what it guarantees.
@@ -159,8 +167,10 @@ impl JetStreamSource {
     /// [`Retry::max_attempts`], whose failure terminates it (and dead-letters it, see
     /// [`dead_letter`](Self::dead_letter)).
     ///
-    /// The pipeline's own [`PipelineBuilder::retry`] does not apply to the messages: a
-    /// failure is handed to the broker, so that another process may take the retry.
+    /// The pipeline's own [`PipelineBuilder::retry`] does not apply to the messages: `run`
+    /// replaces it with [`Retry::never`], and a failure is handed to the broker, so that
+    /// another process may take the retry. `Retry::attempts(0)` is refused by `run`, as the
+    /// pipeline refuses it ([`ConfigError::ZeroAttempts`]).
     ///
     /// Keep the consumer's `max_deliver` above `max_attempts` (or unlimited, the default):
     /// the broker stops delivering at `max_deliver` without a dead letter.
@@ -172,7 +182,10 @@ impl JetStreamSource {
     /// Publishes each message that fails its last attempt to `subject` (through JetStream,
     /// so a stream capturing `subject` keeps it), with its headers and three more:
     /// [`DEAD_LETTER_ERROR`] (the error's `Display`), [`DEAD_LETTER_SUBJECT`],
-    /// [`DEAD_LETTER_SEQUENCE`]. The message is terminated once the dead letter is stored; if
+    /// [`DEAD_LETTER_SEQUENCE`]. JetStream's publish controls of the original
+    /// (`Nats-Expected-*`, `Nats-Msg-Id`, `Nats-Rollup`, `Nats-TTL`) are not copied; the dead
+    /// letter's `Nats-Msg-Id` is `dead:<stream>:<sequence>`, so one published twice (its
+    /// terminate lost) is stored once within the dead-letter stream's duplicate window. The message is terminated once the dead letter is stored; if
     /// publishing fails, it is nak'ed instead (counted in [`Report::nacked`]) and redelivered.
     pub fn dead_letter(mut self, subject: impl Into<String>) -> JetStreamSource {
         self.dead_letter = Some(subject.into());
@@ -187,8 +200,12 @@ impl JetStreamSource {
     }
 
     /// How long one pull request waits at the broker for messages (the request's
-    /// `expires`). It also bounds how long a stop waits for the fetch under way. Default
-    /// 500 ms; at least 10 ms.
+    /// `expires`). Default 500 ms; at least 10 ms.
+    ///
+    /// It also bounds how long a stop waits for the fetch under way: `fetch_wait`, plus 1 s
+    /// for a broker that does not end the request (out of reach). After the pipeline's
+    /// shutdown, `run` waits at most 2 s more for the broker to confirm the last acks
+    /// ([`Report::confirmed`]); none when the broker was found out of reach.
     pub fn fetch_wait(mut self, wait: Duration) -> JetStreamSource {
         self.fetch_wait = wait.max(Duration::from_millis(10));
         self
@@ -204,16 +221,20 @@ impl JetStreamSource {
     /// dead-lettered on its last attempt; see [`retry`](Self::retry)). `e`'s `Display` is
     /// the dead letter's [`DEAD_LETTER_ERROR`] header.
     ///
-    /// The builder's `on_expired` hook is replaced: messages shed at the queue's exit are
-    /// settled as [`on_shed`](Self::on_shed) says. Its `retry` should stay the default
-    /// (none); see [`retry`](Self::retry).
+    /// The builder's `on_expired` hook and its `retry` are replaced: messages shed at the
+    /// queue's exit are settled as [`on_shed`](Self::on_shed) says, while the pipeline runs;
+    /// failures are retried by the broker (see [`retry`](Self::retry)).
     ///
     /// # Errors
     ///
-    /// [`Error::Build`] if the pipeline cannot be built (a bad configuration, a runtime that
-    /// refuses tasks). Broker errors while running (a fetch that fails, a lost connection)
-    /// are logged with `tracing` and the fetch is tried again after a pause; they end
-    /// nothing.
+    /// - [`Error::Build`] if the pipeline cannot be built (a bad configuration, including
+    ///   `Retry::attempts(0)`, or a runtime that refuses tasks);
+    /// - [`Error::DeadLetter`] if a [`dead_letter`](Self::dead_letter) subject is set and no
+    ///   stream captures it, or the broker cannot be asked (checked before anything is
+    ///   fetched).
+    ///
+    /// Broker errors while running (a fetch that fails, a lost connection) are logged with
+    /// `tracing` and the fetch is tried again after a pause; they end nothing.
     ///
     /// # Cancel safety
     ///
@@ -232,6 +253,9 @@ impl JetStreamSource {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        if self.retry.max_attempts() == 0 {
+            return Err(Error::Build(BuildError::Config(ConfigError::ZeroAttempts)));
+        }
         if let Some(subject) = &self.dead_letter {
             // A subject no stream captures would fail every dead letter: each message past
             // its last attempt would be nak'ed again and again.
@@ -253,16 +277,19 @@ impl JetStreamSource {
         let work = Arc::new(work);
         let pipeline = builder
             .on_expired(move |msg: Message, _| {
-                // The settler below ends once the pipeline (holding this sender) is dropped.
+                // Settled by `settler` below, as they come.
                 let _ = expired_tx.send(msg);
             })
+            // The messages' retries are the broker's (nak with a delay), not the pipeline's.
+            .retry(Retry::never())
             .spawn(spawner, move |msg: Message| {
                 let work = work.clone();
                 let settle = settle.clone();
+                settle.counts.work_started();
                 async move {
                     match work(msg.clone()).await {
                         Ok(()) => {
-                            settle.ack(&msg, AckKind::Ack).await;
+                            settle.ack(&msg).await;
                             Outcome::<Message, E>::Done
                         }
                         Err(e) => {
@@ -276,8 +303,23 @@ impl JetStreamSource {
             .map_err(Error::Build)?;
         let on_shed = self.on_shed;
         let shed_counts = counts.clone();
-        let settler = async move {
-            while let Some(msg) = expired_rx.recv().await {
+        // Settles what the pipeline sheds at its exit, while it runs; once `main` is done, the
+        // rest of what was sent (not waiting for the sender, which a worker left
+        // unresponsive may keep alive).
+        let main_done = tokio::sync::Notify::new();
+        let settler = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    msg = expired_rx.recv() => match msg {
+                        Some(msg) => shed(&msg, on_shed, &shed_counts).await,
+                        None => return,
+                    },
+                    () = main_done.notified() => break,
+                }
+            }
+            expired_rx.close();
+            while let Ok(msg) = expired_rx.try_recv() {
                 shed(&msg, on_shed, &shed_counts).await;
             }
         };
@@ -288,6 +330,7 @@ impl JetStreamSource {
             on_shed,
             fetch_wait: self.fetch_wait,
             stopping: AtomicBool::new(false),
+            silent: AtomicBool::new(false),
         };
         let main = async {
             let fetch = fetcher.run();
@@ -309,24 +352,38 @@ impl JetStreamSource {
             for msg in pipeline.take_leftovers() {
                 left(&msg, &counts).await;
             }
+            main_done.notify_one();
             report
         };
-        let report = main.await;
+        let (report, ()) = tokio::join!(main, settler);
+        let silent = fetcher.silent.load(Ordering::Relaxed);
         drop(pipeline);
-        settler.await;
-        // Items lost in an aborted worker's hands or in a panic were never acked: the broker
-        // redelivers them after `ack_wait`.
-        counts
-            .left
-            .fetch_add(report.lost_in_flight + report.panicked, Ordering::Relaxed);
+        // Messages lost in an aborted worker's hands, a panic or a worker left unresponsive
+        // were never settled: the broker redelivers them after `ack_wait`.
+        counts.seal();
         // Acks are sent without waiting for the broker: one request on the same connection
         // after them returns once the broker has read them (a connection's messages are
-        // processed in order), so a process that exits after `run` loses none.
-        let confirmed = match self.consumer.clone().info().await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not confirm that the broker has every ack");
-                false
+        // processed in order), so a process that exits after `run` loses none. Bounded: a
+        // broker gone does not hold up the return.
+        let confirm = tokio::time::timeout(CONFIRM_WAIT, async {
+            self.consumer.clone().info().await.map(|_| ())
+        });
+        let confirmed = if silent {
+            // The broker did not end the last pull request: it is out of reach, and a
+            // request now would only wait out `CONFIRM_WAIT`.
+            tracing::warn!("the broker is out of reach; the last acks are unconfirmed");
+            false
+        } else {
+            match confirm.await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not confirm that the broker has every ack");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("the broker did not confirm the last acks in time");
+                    false
+                }
             }
         };
         Ok(Report::new(report, &counts, confirmed))
@@ -404,8 +461,10 @@ pub struct Report {
     /// pipeline (nak'ed without delay), or lost in an aborted worker or a panic (the broker
     /// redelivers them after `ack_wait`).
     pub left: u64,
-    /// Acks, naks or terms the client could not send (a lost connection): the broker
-    /// redelivers those messages after `ack_wait`, so their work may be done twice.
+    /// Acks, naks or terms the client refused (a connection closed). A settle the client
+    /// took is only queued for the broker: whether the broker read them is
+    /// [`confirmed`](Self::confirmed). Either way, a settle that never arrives leaves its
+    /// message to be redelivered after `ack_wait`, so its work may be done twice.
     pub settle_errors: u64,
     /// Of `fetched`, messages delivered before (the broker's delivery count above 1): a
     /// nak'ed message coming back, or one whose ack did not arrive within `ack_wait`.
@@ -498,25 +557,63 @@ struct Counts {
     settle_errors: AtomicU64,
     redelivered: AtomicU64,
     fetch_errors: AtomicU64,
+    /// Messages a worker's work began with and has not settled (nor counted) yet.
+    in_work: AtomicU64,
+    /// Set when the report is taken: a worker that settles later (one left unresponsive)
+    /// still sends its ack, but its message is already counted in `left`.
+    sealed: Mutex<bool>,
+}
+
+impl Counts {
+    fn work_started(&self) {
+        let sealed = self.sealed.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*sealed {
+            add(&self.in_work);
+        }
+    }
+
+    /// A worker's message settled: counted in `counter` (and `also`), unless sealed.
+    fn work_done(&self, counter: &AtomicU64, also: Option<&AtomicU64>) {
+        let sealed = self.sealed.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*sealed {
+            add(counter);
+            if let Some(also) = also {
+                add(also);
+            }
+            self.in_work.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Seals the counts: what workers still hold (a panic, an abort, an unresponsive
+    /// worker) was never settled, and the broker redelivers it after `ack_wait`.
+    fn seal(&self) {
+        let mut sealed = self.sealed.lock().unwrap_or_else(PoisonError::into_inner);
+        *sealed = true;
+        self.left
+            .fetch_add(self.in_work.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 fn add(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Sends `kind` for `msg`; counts it in `counter`, or as a settle error.
-async fn send(msg: &Message, kind: AckKind, counter: &AtomicU64, counts: &Counts) -> bool {
+/// Sends `kind` for `msg`; false (logged) if the client could not take it.
+async fn settle(msg: &Message, kind: AckKind) -> bool {
     match msg.ack_with(kind).await {
-        Ok(()) => {
-            add(counter);
-            true
-        }
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "could not settle a message; the broker redelivers it");
-            add(&counts.settle_errors);
             false
         }
     }
+}
+
+/// Sends `kind` for `msg`; counts it in `counter`, or as a settle error.
+async fn send(msg: &Message, kind: AckKind, counter: &AtomicU64, counts: &Counts) -> bool {
+    let sent = settle(msg, kind).await;
+    add(if sent { counter } else { &counts.settle_errors });
+    sent
 }
 
 async fn shed(msg: &Message, on_shed: Shed, counts: &Counts) {
@@ -540,8 +637,28 @@ struct Settle {
 }
 
 impl Settle {
-    async fn ack(&self, msg: &Message, kind: AckKind) {
-        send(msg, kind, &self.counts.acked, &self.counts).await;
+    /// Sends `kind` for a worker's message and counts it (see [`Counts::work_done`]).
+    async fn send(&self, msg: &Message, kind: AckKind, counter: &AtomicU64) -> bool {
+        self.send_also(msg, kind, counter, None).await
+    }
+
+    async fn send_also(
+        &self,
+        msg: &Message,
+        kind: AckKind,
+        counter: &AtomicU64,
+        also: Option<&AtomicU64>,
+    ) -> bool {
+        let sent = settle(msg, kind).await;
+        match sent {
+            true => self.counts.work_done(counter, also),
+            false => self.counts.work_done(&self.counts.settle_errors, None),
+        }
+        sent
+    }
+
+    async fn ack(&self, msg: &Message) {
+        self.send(msg, AckKind::Ack, &self.counts.acked).await;
     }
 
     async fn failed(&self, msg: &Message, error: String) {
@@ -551,34 +668,24 @@ impl Settle {
             .unwrap_or(1);
         if delivered < self.retry.max_attempts() {
             let delay = self.retry.delay(delivered);
-            send(
-                msg,
-                AckKind::Nak(Some(delay)),
-                &self.counts.nacked,
-                &self.counts,
-            )
-            .await;
+            self.send(msg, AckKind::Nak(Some(delay)), &self.counts.nacked)
+                .await;
             return;
         }
         if let Some(subject) = &self.dead_letter {
             if let Err(e) = self.publish_dead_letter(subject, msg, &error).await {
                 tracing::warn!(error = %e, "could not publish a dead letter; the message is nak'ed");
                 let delay = self.retry.delay(delivered);
-                send(
-                    msg,
-                    AckKind::Nak(Some(delay)),
-                    &self.counts.nacked,
-                    &self.counts,
-                )
-                .await;
+                self.send(msg, AckKind::Nak(Some(delay)), &self.counts.nacked)
+                    .await;
                 return;
             }
-            if send(msg, AckKind::Term, &self.counts.termed, &self.counts).await {
-                add(&self.counts.dead_lettered);
-            }
+            let dead = Some(&self.counts.dead_lettered);
+            self.send_also(msg, AckKind::Term, &self.counts.termed, dead)
+                .await;
             return;
         }
-        send(msg, AckKind::Term, &self.counts.termed, &self.counts).await;
+        self.send(msg, AckKind::Term, &self.counts.termed).await;
     }
 
     async fn publish_dead_letter(
@@ -587,7 +694,17 @@ impl Settle {
         msg: &Message,
         error: &str,
     ) -> Result<(), async_nats::Error> {
-        let mut headers = msg.headers.clone().unwrap_or_default();
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(original) = &msg.headers {
+            for (name, values) in original.iter() {
+                if is_publish_control(name.as_ref()) {
+                    continue;
+                }
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
         // A header value is one line.
         headers.insert(DEAD_LETTER_ERROR, error.replace(['\r', '\n'], " ").as_str());
         headers.insert(DEAD_LETTER_SUBJECT, msg.subject.as_str());
@@ -596,6 +713,10 @@ impl Settle {
                 DEAD_LETTER_SEQUENCE,
                 info.stream_sequence.to_string().as_str(),
             );
+            // A dead letter published twice (its term lost, the message redelivered and
+            // failed again) is stored once, within the dead-letter stream's duplicate window.
+            let id = format!("dead:{}:{}", info.stream, info.stream_sequence);
+            headers.insert("Nats-Msg-Id", id.as_str());
         }
         self.jetstream
             .publish_with_headers(subject.to_owned(), headers, msg.payload.clone())
@@ -603,6 +724,15 @@ impl Settle {
             .await?;
         Ok(())
     }
+}
+
+/// Whether a header is one of JetStream's publish controls, which addressed the original
+/// publish (an expected stream or sequence, a message id, a rollup, a per-message TTL) and
+/// would fail or distort the dead letter's.
+fn is_publish_control(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("nats-expected-")
+        || matches!(lower.as_str(), "nats-msg-id" | "nats-rollup" | "nats-ttl")
 }
 
 impl fmt::Debug for Settle {
@@ -622,6 +752,8 @@ struct Fetcher<'a> {
     on_shed: Shed,
     fetch_wait: Duration,
     stopping: AtomicBool,
+    /// Whether the last pull request was not ended by the broker in time (out of reach).
+    silent: AtomicBool,
 }
 
 impl Fetcher<'_> {
@@ -634,6 +766,7 @@ impl Fetcher<'_> {
             // the pushes below, so a batch of `room` never waits for room. With none, one
             // message is fetched and its push waits: back-pressure, one message in hand.
             let room = self.pipeline.capacity() - self.pipeline.len().min(self.pipeline.capacity());
+            let pull_end = Instant::now() + self.fetch_wait + PULL_MARGIN;
             let batch = self
                 .consumer
                 .batch()
@@ -652,19 +785,7 @@ impl Fetcher<'_> {
                 }
             };
             pause = Duration::from_millis(50);
-            while let Some(msg) = batch.next().await {
-                let msg = match msg {
-                    Ok(msg) => msg,
-                    Err(e) => {
-                        add(&self.counts.fetch_errors);
-                        tracing::warn!(error = %e, "a pull request ended with an error");
-                        break;
-                    }
-                };
-                add(&self.counts.fetched);
-                if msg.info().is_ok_and(|info| info.delivered > 1) {
-                    add(&self.counts.redelivered);
-                }
+            while let Some(msg) = self.next(&mut batch, pull_end).await {
                 match self.pipeline.push(msg).await {
                     PushOutcome::Accepted => {}
                     PushOutcome::Shed(msg) | PushOutcome::Evicted(msg) => {
@@ -676,8 +797,7 @@ impl Fetcher<'_> {
                     PushOutcome::Closed(msg) => {
                         left(&msg, self.counts).await;
                         // Drain what the pull request still brings: nak'ed, not dropped.
-                        while let Some(Ok(msg)) = batch.next().await {
-                            add(&self.counts.fetched);
+                        while let Some(msg) = self.next(&mut batch, pull_end).await {
                             left(&msg, self.counts).await;
                         }
                         return;
@@ -687,5 +807,37 @@ impl Fetcher<'_> {
                 }
             }
         }
+    }
+
+    /// The pull request's next message, counted; `None` when it ends, fails, or its
+    /// broker has not ended it by `pull_end` (a broker gone never does; after a push that
+    /// waited, a little longer).
+    async fn next(
+        &self,
+        batch: &mut jetstream::consumer::pull::Batch,
+        pull_end: Instant,
+    ) -> Option<Message> {
+        let until = pull_end.max(Instant::now() + Duration::from_millis(100));
+        let next = tokio::time::timeout_at(until, batch.next()).await;
+        self.silent.store(next.is_err(), Ordering::Relaxed);
+        let msg = match next {
+            Ok(Some(Ok(msg))) => msg,
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                add(&self.counts.fetch_errors);
+                tracing::warn!(error = %e, "a pull request ended with an error");
+                return None;
+            }
+            Err(_) => {
+                add(&self.counts.fetch_errors);
+                tracing::warn!("a pull request was not ended by the broker in time");
+                return None;
+            }
+        };
+        add(&self.counts.fetched);
+        if msg.info().is_ok_and(|info| info.delivered > 1) {
+            add(&self.counts.redelivered);
+        }
+        Some(msg)
     }
 }
