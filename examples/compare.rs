@@ -17,14 +17,17 @@
 //! hand-written pools; in the final table, the median of those ratios, named by the peer that
 //! was fastest in most runs).
 //!
-//! Options: `--runs N`, `--reps N`, `--only S1,S2,S3,S4,S5,S5T,S5B,S6,MEM,SD`, `--svg PATH`
+//! Options: `--runtime executor|tokio|both` (default `executor`; `both` runs the whole
+//! suite on each, one after the other, with a final table for each), `--runs N`, `--reps N`,
+//! `--only S1,S2,S3,S4,S5,S5T,S5B,S6,MEM,SD`, `--svg PATH`
 //! (writes the chart from the final table), `--work-iters N` (fixes the ~1 µs busy work
 //! instead of calibrating it; for profilers, which slow the calibration down too),
 //! `--shape TEXT` and `--variant TEXT` (measure only the shapes / variants whose label
 //! contains TEXT, to profile one case:
 //! `--only S1 --shape "cap 1024, 1→4" --variant "Queue (std"`).
 //!
-//! The shapes (executor: one `async_executor::Executor` run on 2 threads):
+//! The shapes (on one `async_executor::Executor` run by 2 threads, or a tokio multi-thread
+//! runtime with 2 workers; S4 runs on the calling thread, without either):
 //! - S1 back-pressure hand-off: `Policy::Block`, `push().await` / `pop().await`, 1 producer →
 //!   1, 4, 16 consumer tasks, capacity 16 and 1024, vs a bounded async-channel; flume, kanal
 //!   and crossfire in the same shape, each also against async-channel.
@@ -93,7 +96,7 @@ use std::time::Instant;
 
 use chart::svg;
 use report::{combine, print_table, summarize};
-use runtime::{calibrate, cpu_model, EXECUTOR_THREADS, WORK_ITERS};
+use runtime::{calibrate, cpu_model, set_runtime, Runtime, WORK_ITERS};
 use shapes::child_mem;
 use suite::Suite;
 
@@ -120,6 +123,9 @@ fn main() {
         if WORK_ITERS.get().is_none() {
             let _ = WORK_ITERS.set(1);
         }
+        if let Some(rt) = value("--runtime").as_deref().and_then(Runtime::parse) {
+            set_runtime(rt);
+        }
         child_mem(&kind, n);
         return;
     }
@@ -127,6 +133,12 @@ fn main() {
     let reps: usize = value("--reps").map_or(5, |n| n.parse().expect("--reps N"));
     let only = value("--only").map(|s| s.split(',').map(str::to_string).collect());
     let svg_path = value("--svg");
+    let runtimes = match value("--runtime").as_deref() {
+        None | Some("executor") => vec![Runtime::Executor],
+        Some("tokio") => vec![Runtime::Tokio],
+        Some("both") => vec![Runtime::Executor, Runtime::Tokio],
+        Some(other) => panic!("--runtime executor|tokio|both, not {other:?}"),
+    };
     if WORK_ITERS.get().is_none() {
         let _ = WORK_ITERS.set(calibrate());
     }
@@ -140,18 +152,45 @@ fn main() {
             String::new()
         }
     );
-    let header = format!(
-        "machine: nproc {nproc}, {}; executor: async_executor::Executor on {EXECUTOR_THREADS} threads; ~1µs work = {} spin iterations",
+    let machine = format!(
+        "machine: nproc {nproc}, {}; ~1µs work = {} spin iterations",
         cpu_model(),
         WORK_ITERS.get().expect("set")
     );
     println!("command: {command}");
-    println!("{header}");
+    println!("{machine}");
     println!("{runs} run(s) × {reps} repetitions per row; variants interleaved within each repetition; ratio = this / base, medians of the same run");
     println!("\"async-lock Mutex copy\" = the crate's Queue with async_lock::Mutex in place of its std::sync::Mutex (the design's first choice), in this example only");
     println!("\"semaphore copy\" = the crate's Queue at 219b89b: an async_lock::Semaphore counting the items over a std::sync::Mutex (replaced by waiter lists under the buffer lock), in this example only");
 
     let started = Instant::now();
+    let mut chart = None;
+    for &rt in &runtimes {
+        set_runtime(rt);
+        let header = format!("{machine}; runtime: {}", rt.describe());
+        println!("\n######## runtime: {} ########", rt.describe());
+        let final_table = run_suite(runs, reps, &only, &value, rt);
+        chart.get_or_insert((final_table, header));
+    }
+    println!("\ntotal time {:.1} s", started.elapsed().as_secs_f64());
+    if let (Some(path), Some((final_table, header))) = (svg_path, chart) {
+        if let Some(dir) = std::path::Path::new(&path).parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(&path, svg(&final_table, &format!("{command} — {header}")))
+            .expect("write the SVG");
+        println!("wrote {path}");
+    }
+}
+
+/// `runs` runs of the suite on the current runtime, each printed; the final table.
+fn run_suite(
+    runs: usize,
+    reps: usize,
+    only: &Option<Vec<String>>,
+    value: &dyn Fn(&str) -> Option<String>,
+    rt: Runtime,
+) -> Vec<report::Summary> {
     let mut all = Vec::new();
     for r in 0..runs {
         let mut suite = Suite {
@@ -164,30 +203,25 @@ fn main() {
         suite.run_all();
         let summaries = summarize(&suite.rows);
         print_table(
-            &format!("== run {} of {runs} (median of {reps}) ==", r + 1),
+            &format!(
+                "== {}: run {} of {runs} (median of {reps}) ==",
+                rt.name(),
+                r + 1
+            ),
             &summaries,
             "min–max",
         );
         all.push(summaries);
     }
-    let final_table = if runs > 1 {
+    if runs > 1 {
         let combined = combine(&all);
         print_table(
-            &format!("== final: median over {runs} runs of each run's median (spread: min–max of the run medians); ratio: median of the runs' ratios =="),
+            &format!("== {}: final: median over {runs} runs of each run's median (spread: min–max of the run medians); ratio: median of the runs' ratios ==", rt.name()),
             &combined,
             "run medians",
         );
         combined
     } else {
         all.pop().expect("one run")
-    };
-    println!("\ntotal time {:.1} s", started.elapsed().as_secs_f64());
-    if let Some(path) = svg_path {
-        if let Some(dir) = std::path::Path::new(&path).parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        std::fs::write(&path, svg(&final_table, &format!("{command} — {header}")))
-            .expect("write the SVG");
-        println!("wrote {path}");
     }
 }

@@ -293,7 +293,16 @@ impl Suite {
                     Base::Variant("hand-written pool"),
                     Box::new(s5_pipeline),
                 ),
-                ("hand-written pool", Base::None, Box::new(s5_pool)),
+                (
+                    "hand-written pool",
+                    Base::None,
+                    Box::new(s5_pool::<AsyncChannel>),
+                ),
+                (
+                    "hand-written pool (flume)",
+                    Base::Variant("hand-written pool"),
+                    Box::new(s5_pool::<Flume>),
+                ),
             ],
         );
     }
@@ -345,7 +354,11 @@ impl Suite {
                 Box::new(move || s5_batched(size)),
             ));
         }
-        variants.push(("hand-written pool", Base::None, Box::new(s5_pool)));
+        variants.push((
+            "hand-written pool",
+            Base::None,
+            Box::new(s5_pool::<AsyncChannel>),
+        ));
         self.measure(
             "S5B Pipeline batched, max_wait 1 ms, cap 1024, 4×1µs/item",
             Unit::ItemsPerSec,

@@ -9,7 +9,7 @@ use backpressure_pipeline::Policy;
 
 use crate::bench_queue::BenchQueue;
 use crate::peer_channel::PeerChannel;
-use crate::runtime::{ex, run};
+use crate::runtime::{run, spawn};
 
 const S1_ITEMS: u64 = 300_000;
 
@@ -20,7 +20,7 @@ pub(crate) fn s1_queue<Q: BenchQueue>(capacity: usize, consumers: usize) -> f64 
         let tasks: Vec<_> = (0..consumers)
             .map(|_| {
                 let queue = queue.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     let mut n = 0u64;
                     while let Some(item) = queue.pop().await {
                         black_box(item);
@@ -52,7 +52,7 @@ pub(crate) fn s1_channel<P: PeerChannel>(capacity: usize, consumers: usize) -> f
         let tasks: Vec<_> = (0..consumers)
             .map(|_| {
                 let rx = rx.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     let mut n = 0u64;
                     while let Some(item) = P::recv(&rx).await {
                         black_box(item);

@@ -10,7 +10,7 @@ use backpressure_pipeline::Policy;
 
 use crate::bench_queue::BenchQueue;
 use crate::peer_channel::PeerChannel;
-use crate::runtime::{ex, run};
+use crate::runtime::{run, spawn};
 
 const S6_ITEMS: u64 = 1_000_000;
 const S6_CAPACITY: usize = 1024;
@@ -66,7 +66,7 @@ pub(crate) fn s6_queue<Q: BenchQueue>() -> f64 {
         let consumers: Vec<_> = (0..S6_CONSUMERS)
             .map(|_| {
                 let queue = queue.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     let mut tally = Tally::default();
                     while let Some(id) = queue.pop().await {
                         tally.add(id);
@@ -78,7 +78,7 @@ pub(crate) fn s6_queue<Q: BenchQueue>() -> f64 {
         let producers: Vec<_> = (0..S6_PRODUCERS)
             .map(|p| {
                 let queue = queue.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     for id in ids(p) {
                         assert!(queue.push(id).await.is_accepted());
                     }
@@ -107,7 +107,7 @@ pub(crate) fn s6_channel<P: PeerChannel>() -> f64 {
         let consumers: Vec<_> = (0..S6_CONSUMERS)
             .map(|_| {
                 let rx = rx.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     let mut tally = Tally::default();
                     while let Some(id) = P::recv(&rx).await {
                         tally.add(id);
@@ -120,7 +120,7 @@ pub(crate) fn s6_channel<P: PeerChannel>() -> f64 {
         let producers: Vec<_> = (0..S6_PRODUCERS)
             .map(|p| {
                 let tx = tx.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     for id in ids(p) {
                         assert!(P::send(&tx, id).await, "receivers alive");
                     }

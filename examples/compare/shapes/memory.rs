@@ -6,9 +6,9 @@ use std::hint::black_box;
 use std::process::Command;
 use std::time::Duration;
 
-use backpressure_pipeline::{ExecutorSpawner, Pipeline, Policy};
+use backpressure_pipeline::{Pipeline, Policy};
 
-use crate::runtime::{ex, proc_status_kib, run, WORK_ITERS};
+use crate::runtime::{proc_status_kib, run, runtime, spawn, spawner, WORK_ITERS};
 
 pub(crate) const MEM_BURSTS: [u64; 3] = [1_000_000, 3_000_000, 10_000_000];
 const MEM_CAPACITY: usize = 1024;
@@ -24,7 +24,7 @@ pub(crate) fn child_mem(kind: &str, n: u64) {
                     .workers(4)
                     .deadline(Duration::ZERO)
                     .grace(Duration::ZERO)
-                    .spawn(ExecutorSpawner::new(ex().clone()), |item: u64| async move {
+                    .spawn(spawner(), |item: u64| async move {
                         async_io::Timer::after(SLOW_WORK).await;
                         black_box(item);
                     })
@@ -42,7 +42,7 @@ pub(crate) fn child_mem(kind: &str, n: u64) {
                 let (tx, rx) = async_channel::unbounded::<u64>();
                 for _ in 0..4 {
                     let rx = rx.clone();
-                    ex().spawn(async move {
+                    spawn(async move {
                         while let Ok(item) = rx.recv().await {
                             async_io::Timer::after(SLOW_WORK).await;
                             black_box(item);
@@ -68,6 +68,7 @@ pub(crate) fn mem_in_child(kind: &str, n: u64) -> f64 {
     let exe = std::env::current_exe().expect("own path");
     let mut command = Command::new(exe);
     command.args(["--child-mem", kind, &n.to_string()]);
+    command.args(["--runtime", runtime().name()]);
     if let Some(iters) = WORK_ITERS.get() {
         command.args(["--work-iters", &iters.to_string()]);
     }

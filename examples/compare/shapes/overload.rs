@@ -10,7 +10,7 @@ use backpressure_pipeline::Policy;
 
 use crate::bench_queue::BenchQueue;
 use crate::peer_channel::PeerChannel;
-use crate::runtime::{ex, run, work};
+use crate::runtime::{run, spawn, work};
 
 /// Items pushed per repetition: S3 sheds most of them at a lock-free check, so it needs more.
 const S2_ITEMS: u64 = 2_000_000;
@@ -26,7 +26,7 @@ pub(crate) fn overload_queue<Q: BenchQueue>(policy: Policy, sync_push: bool) -> 
         let tasks: Vec<_> = (0..OVERLOAD_CONSUMERS)
             .map(|_| {
                 let queue = queue.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     while let Some(item) = queue.pop().await {
                         work();
                         black_box(item);
@@ -62,7 +62,7 @@ pub(crate) fn overload_peer<P: PeerChannel>() -> f64 {
         let tasks: Vec<_> = (0..OVERLOAD_CONSUMERS)
             .map(|_| {
                 let rx = rx.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     while let Some(item) = P::recv(&rx).await {
                         work();
                         black_box(item);
@@ -91,7 +91,7 @@ pub(crate) fn overload_tokio() -> f64 {
     let items = S3_ITEMS;
     let elapsed = run(async move {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(OVERLOAD_CAPACITY);
-        let task = ex().spawn(async move {
+        let task = spawn(async move {
             while let Some(item) = rx.recv().await {
                 work();
                 black_box(item);
@@ -125,7 +125,7 @@ pub(crate) fn overload_channel(force: bool) -> f64 {
         let tasks: Vec<_> = (0..OVERLOAD_CONSUMERS)
             .map(|_| {
                 let rx = rx.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     while let Ok(item) = rx.recv().await {
                         work();
                         black_box(item);

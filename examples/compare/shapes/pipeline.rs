@@ -1,14 +1,16 @@
 //! S5, S5T, S5B and S5L: the whole `Pipeline` (one item at a time, with a time-based
-//! feature, in batches) vs 4 hand-written tasks reading a bounded async-channel, and an
+//! feature, in batches) vs 4 hand-written tasks reading a bounded async-channel (and, in S5,
+//! a bounded flume channel), and an
 //! item's latency from its push to the start of its batch's work.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backpressure_pipeline::{Batch, ExecutorSpawner, Pipeline, PipelineBuilder, Policy};
+use backpressure_pipeline::{Batch, Pipeline, PipelineBuilder, Policy};
 
-use crate::runtime::{ex, run, work};
+use crate::peer_channel::PeerChannel;
+use crate::runtime::{run, spawn, spawner, work};
 
 const S5_ITEMS: u64 = 200_000;
 const S5_CAPACITY: usize = 1024;
@@ -17,7 +19,7 @@ const S5_WORKERS: usize = 4;
 pub(crate) fn s5_pipeline() -> f64 {
     s5_run(|| {
         s5_builder()
-            .spawn(ExecutorSpawner::new(ex().clone()), |item: u64| async move {
+            .spawn(spawner(), |item: u64| async move {
                 work();
                 black_box(item);
             })
@@ -30,7 +32,7 @@ pub(crate) fn s5_pipeline() -> f64 {
 pub(crate) fn s5_timed(feature: fn(PipelineBuilder<u64>) -> PipelineBuilder<u64>) -> f64 {
     s5_run(move || {
         feature(s5_builder())
-            .spawn(ExecutorSpawner::new(ex().clone()), |item: u64| async move {
+            .spawn(spawner(), |item: u64| async move {
                 work();
                 black_box(item);
             })
@@ -62,16 +64,17 @@ fn s5_run(start: impl FnOnce() -> Pipeline<u64> + Send + 'static) -> f64 {
     S5_ITEMS as f64 / elapsed.as_secs_f64()
 }
 
-pub(crate) fn s5_pool() -> f64 {
+/// S5's hand-written pool: 4 tasks reading a bounded channel of peer `P`, joined at the end.
+pub(crate) fn s5_pool<P: PeerChannel>() -> f64 {
     let start = Instant::now();
     let processed = run(async {
-        let (tx, rx) = async_channel::bounded::<u64>(S5_CAPACITY);
+        let (tx, rx) = P::bounded(S5_CAPACITY);
         let tasks: Vec<_> = (0..S5_WORKERS)
             .map(|_| {
                 let rx = rx.clone();
-                ex().spawn(async move {
+                spawn(async move {
                     let mut n = 0u64;
-                    while let Ok(item) = rx.recv().await {
+                    while let Some(item) = P::recv(&rx).await {
                         work();
                         black_box(item);
                         n += 1;
@@ -82,7 +85,7 @@ pub(crate) fn s5_pool() -> f64 {
             .collect();
         drop(rx);
         for i in 0..S5_ITEMS {
-            tx.send(i).await.expect("workers alive");
+            assert!(P::send(&tx, i).await, "workers alive");
         }
         drop(tx);
         let mut n = 0;
@@ -117,7 +120,7 @@ pub(crate) fn s5_batched(max_items: usize) -> f64 {
     s5_run(move || {
         s5_builder()
             .spawn_batched(
-                ExecutorSpawner::new(ex().clone()),
+                spawner(),
                 Batch::new(max_items, S5B_WAIT),
                 |batch: Vec<u64>| async move {
                     for item in batch {
@@ -141,7 +144,7 @@ pub(crate) fn s5_latency(max_items: usize, quantile: f64) -> f64 {
         async move {
             let pipeline = s5_builder()
                 .spawn_batched(
-                    ExecutorSpawner::new(ex().clone()),
+                    spawner(),
                     Batch::new(max_items, S5B_WAIT),
                     move |batch: Vec<Instant>| {
                         let latencies = latencies.clone();

@@ -5,9 +5,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backpressure_pipeline::{ExecutorSpawner, Pipeline, Policy};
+use backpressure_pipeline::{Pipeline, Policy};
 
-use crate::runtime::{ex, run, work};
+use crate::runtime::{run, spawn, spawner, work};
 
 const SD_CAPACITY: usize = 1024;
 pub(crate) const SD_DEADLINE: Duration = Duration::from_millis(50);
@@ -22,7 +22,7 @@ pub(crate) fn sd_backlog_pipeline() -> f64 {
         let pipeline = Pipeline::builder(SD_CAPACITY, Policy::Block)
             .workers(4)
             .deadline(Duration::from_secs(30))
-            .spawn(ExecutorSpawner::new(ex().clone()), move |item: u64| {
+            .spawn(spawner(), move |item: u64| {
                 let gate = worker_gate.clone();
                 async move {
                     gate.wait().await;
@@ -57,7 +57,7 @@ pub(crate) fn sd_backlog_pool() -> f64 {
         let tasks: Vec<_> = (0..4)
             .map(|_| {
                 let (rx, gate) = (rx.clone(), gate.clone());
-                ex().spawn(async move {
+                spawn(async move {
                     let mut n = 0u64;
                     while let Ok(item) = rx.recv().await {
                         gate.wait().await;
@@ -96,9 +96,7 @@ pub(crate) fn sd_stuck() -> f64 {
             .workers(4)
             .deadline(SD_DEADLINE)
             .grace(SD_GRACE)
-            .spawn(ExecutorSpawner::new(ex().clone()), |_: u64| {
-                std::future::pending::<()>()
-            })
+            .spawn(spawner(), |_: u64| std::future::pending::<()>())
             .expect("valid pipeline");
         for i in 0..8 {
             assert!(pipeline.push(i).await.is_accepted());
