@@ -197,7 +197,7 @@ impl<T: Send + 'static, S: Source<T>, J: Job<S::Unit>> Invoker<T, S, J> {
     /// One worker's life: build the state, take items until the queue is closed and empty
     /// or the deadline passes, rebuild the state after a panic under `OnPanic::Restart`.
     pub(super) async fn run(&self, shared: &Shared<T>, index: usize) -> Exit {
-        let mut hand = InHand::new(&shared.ledger);
+        let mut hand = InHand::new(&shared.ledger, index);
         // Keyed items' lanes, released once each unit's work is done (or if this is dropped).
         let mut lease = Lease::new(&shared.queue);
         // Consecutive panics, for the restart's backoff.

@@ -72,7 +72,7 @@ impl<T> Shared<T> {
             parent,
             worker_token,
             drained: CancellationToken::new(),
-            ledger: Ledger::new(),
+            ledger: Ledger::new(workers),
             parked: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             parking_open: AtomicBool::new(true),
             not_started: AtomicUsize::new(0),
