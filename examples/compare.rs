@@ -160,7 +160,7 @@ fn main() {
     println!("command: {command}");
     println!("{machine}");
     println!("{runs} run(s) × {reps} repetitions per row; variants interleaved within each repetition; ratio = this / base, medians of the same run");
-    println!("\"async-lock Mutex copy\" = the crate's Queue with async_lock::Mutex in place of its std::sync::Mutex (the design's first choice), in this example only");
+    println!("\"async-lock Mutex copy\" = the semaphore copy below with async_lock::Mutex in place of its std::sync::Mutex (the design's first choice), in this example only");
     println!("\"semaphore copy\" = the crate's Queue at 219b89b: an async_lock::Semaphore counting the items over a std::sync::Mutex (replaced by waiter lists under the buffer lock), in this example only");
 
     let started = Instant::now();

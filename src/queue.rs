@@ -40,9 +40,12 @@
 //!    busy keys' items (a batch being filled may hold those keys).
 //!
 //! Lock: the buffer lock is held for a few instructions and never across an `.await` or user
-//! code (no item is dropped and no waker is woken under it), so it is a blocking
-//! `std::sync::Mutex` (loom's when model checked), taken the same way by tasks and by
-//! synchronous callers. An `async_lock::Mutex` here deadlocked a runtime thread: a
+//! code (no item is dropped and no waker is woken under it), so it is a blocking mutex,
+//! taken the same way by tasks and by synchronous callers: `parking_lot::Mutex` (loom's when
+//! model checked; `crate::sync::BufferLock`). It replaced `std::sync::Mutex`, measured side by
+//! side in one session on 2 shared cores (BENCHMARKS.md): the hand-off shapes went from
+//! 0.5–0.8× flume to 0.8–1.2× (S1), and from 0.7× to 1.2× (S6, 4 → 4), on both the executor
+//! and tokio; std's futex lock spent a fifth of the pipeline's cycles in `lock_contended`. An `async_lock::Mutex` here deadlocked a runtime thread: a
 //! synchronous `try_push` blocking on it from a task waited behind a notified lock waiter
 //! that only that same thread could run (`tests/faults.rs`,
 //! `try_push_from_a_task_beside_a_sync_producer`).
@@ -69,7 +72,7 @@ mod waiters;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -87,14 +90,14 @@ use crate::policy::{ConfigError, Policy, PushOutcome};
 use crate::pressure::Pressure;
 use crate::spawner::Spawner;
 use crate::stats::{Meter, QueueStats};
-use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, BufferGuard, BufferLock, Ordering};
 
 /// The closed flag in `state` (invariant 5).
 const CLOSED: u64 = 1 << 63;
 
 /// A bounded MPMC hand-off queue with an explicit policy for when it is full.
 ///
-/// A `VecDeque` behind a `std::sync::Mutex` that is never held across an `.await`, with the
+/// A `VecDeque` behind a blocking mutex that is never held across an `.await`, with the
 /// lines of waiting poppers and producers kept under the same lock. Share it with an `Arc`;
 /// every method takes `&self`, and `try_push` and `close` work from any thread.
 ///
@@ -122,7 +125,7 @@ const CLOSED: u64 = 1 << 63;
 /// # }).unwrap();
 /// ```
 pub struct Queue<T> {
-    inner: Mutex<Inner<T>>,
+    inner: BufferLock<Inner<T>>,
     /// Copies for lock-free readers, on a line of their own, away from the lock's.
     copies: CacheLine<Copies>,
     /// The closed flag and the shed count (invariant 5).
@@ -403,7 +406,7 @@ impl<T> Queue<T> {
             return Err(ConfigError::CapacityTooLarge);
         }
         Ok(Queue {
-            inner: Mutex::new(Inner {
+            inner: BufferLock::new(Inner {
                 // Nothing up front: the buffer grows as items arrive, to `capacity` at most.
                 buf: VecDeque::new(),
                 poppers: WaitList::default(),
@@ -543,7 +546,7 @@ impl<T> Queue<T> {
         }
         let mut marks = Marks::new(high, low);
         let cell = marks.cell.clone();
-        let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let inner = self.inner.get_mut();
         // The length now counts: a queue already past the high mark starts high.
         let _ = marks.update(inner.buf.len());
         if self.state.0.load(Ordering::Acquire) & CLOSED != 0 {
@@ -649,9 +652,10 @@ impl<T> Queue<T> {
     /// never waits for room; the buffer lock it takes is held by others for a few
     /// instructions at most, never across an `.await`.
     ///
-    /// The lock is not fair: a thread calling `try_push` in a tight loop on a full queue can
-    /// hold up other producers and the workers' pops for a while (it re-takes the lock before
-    /// a woken waiter runs). Such a thread should push in bursts, or yield now and then; an
+    /// The lock is not strictly fair (parking_lot's, which hands itself to a waiter in turn
+    /// only about every 0.5 ms): a thread calling `try_push` in a tight loop on a full queue
+    /// can hold up other producers and the workers' pops for a while (it re-takes the lock
+    /// before a woken waiter runs). Such a thread should push in bursts, or yield now and then; an
     /// async producer should use [`push`](Queue::push), which yields for it.
     ///
     /// # Examples
@@ -1533,10 +1537,8 @@ impl<T> Queue<T> {
     }
 
     /// Takes the buffer lock (see the module's notes on it).
-    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
-        // Nothing panics while the lock is held but a failed allocation, which aborts; if a
-        // panic did poison it, the state is still valid.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> BufferGuard<'_, Inner<T>> {
+        self.inner.lock()
     }
 }
 
