@@ -24,7 +24,7 @@
 //! instead of calibrating it; for profilers, which slow the calibration down too),
 //! `--shape TEXT` and `--variant TEXT` (measure only the shapes / variants whose label
 //! contains TEXT, to profile one case:
-//! `--only S1 --shape "cap 1024, 1→4" --variant "Queue (std"`).
+//! `--only S1 --shape "cap 1024, 1→4" --variant "Queue (parking"`).
 //!
 //! The shapes (on one `async_executor::Executor` run by 2 threads, or a tokio multi-thread
 //! runtime with 2 workers; S4 runs on the calling thread, without either):

@@ -39,15 +39,16 @@
 //!    closed queue, `take_all`, `halt`, and a push that leaves a full queue holding only
 //!    busy keys' items (a batch being filled may hold those keys).
 //!
-//! Lock: the buffer lock is held for a few instructions and never across an `.await` or user
-//! code (no item is dropped and no waker is woken under it), so it is a blocking mutex,
-//! taken the same way by tasks and by synchronous callers: `parking_lot::Mutex` (loom's when
-//! model checked; `crate::sync::BufferLock`). It replaced `std::sync::Mutex`, measured side by
-//! side in one session on 2 shared cores (BENCHMARKS.md): the hand-off shapes went from
-//! 0.5–0.8× flume to 0.8–1.2× (S1), and from 0.7× to 1.2× (S6, 4 → 4), on both the executor
-//! and tokio; std's futex lock spent a fifth of the pipeline's cycles in `lock_contended`. An `async_lock::Mutex` here deadlocked a runtime thread: a
-//! synchronous `try_push` blocking on it from a task waited behind a notified lock waiter
-//! that only that same thread could run (`tests/faults.rs`,
+//! Lock: the buffer lock is held for a few instructions and never across an `.await` or
+//! user code (no item is dropped and no waker is woken under it), so it is a blocking
+//! mutex, taken the same way by tasks and by synchronous callers: `parking_lot::Mutex`
+//! (loom's when model checked; `crate::sync::BufferLock`). It replaced `std::sync::Mutex`,
+//! measured side by side in one session on 2 shared cores (BENCHMARKS.md): the hand-off
+//! shapes went from 0.5–0.8× flume to 0.8–1.2× (S1), and from 0.7× to 1.2× (S6, 4 → 4), on
+//! both the executor and tokio; std's futex lock spent a fifth of the pipeline's cycles in
+//! `lock_contended`. An `async_lock::Mutex` here deadlocked a runtime thread: a synchronous
+//! `try_push` blocking on it from a task waited behind a notified lock waiter that only
+//! that same thread could run (`tests/faults.rs`,
 //! `try_push_from_a_task_beside_a_sync_producer`).
 //!
 //! # Design note: waiter lines, not a semaphore

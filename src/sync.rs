@@ -1,6 +1,7 @@
-//! Atomics and locks: std's, or loom's when the crate is model checked (`--cfg loom`, see
-//! `loom/` in the repository), so that loom explores every interleaving of our own atomics
-//! too, not only those inside `async-lock` and `event-listener`.
+//! Atomics and locks: std's (parking_lot's for the queue's buffer lock), or loom's when the
+//! crate is model checked (`--cfg loom`, see `loom/` in the repository), so that loom
+//! explores every interleaving of our own atomics and locks too, not only those inside
+//! `event-listener`.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize};

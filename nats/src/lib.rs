@@ -132,6 +132,8 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 /// How long past its `expires` a pull request is waited for (its end is the broker's
 /// reply, which a broker gone never sends).
 const PULL_MARGIN: Duration = Duration::from_secs(1);
+/// How long one ack, nak or term may wait for the client to take it.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 /// A source that pulls from a JetStream pull consumer into a pipeline. See the
 /// [crate docs](crate) for what it guarantees.
@@ -182,11 +184,13 @@ impl JetStreamSource {
     /// Publishes each message that fails its last attempt to `subject` (through JetStream,
     /// so a stream capturing `subject` keeps it), with its headers and three more:
     /// [`DEAD_LETTER_ERROR`] (the error's `Display`), [`DEAD_LETTER_SUBJECT`],
-    /// [`DEAD_LETTER_SEQUENCE`]. JetStream's publish controls of the original
-    /// (`Nats-Expected-*`, `Nats-Msg-Id`, `Nats-Rollup`, `Nats-TTL`) are not copied; the dead
-    /// letter's `Nats-Msg-Id` is `dead:<stream>:<sequence>`, so one published twice (its
-    /// terminate lost) is stored once within the dead-letter stream's duplicate window. The message is terminated once the dead letter is stored; if
-    /// publishing fails, it is nak'ed instead (counted in [`Report::nacked`]) and redelivered.
+    /// [`DEAD_LETTER_SEQUENCE`]. The original's headers in the server's reserved `Nats-`
+    /// namespace (JetStream's publish controls: `Nats-Expected-*`, `Nats-Msg-Id`,
+    /// `Nats-Rollup`, `Nats-TTL`, ...) are not copied; the dead letter's `Nats-Msg-Id` is
+    /// `dead:<stream>:<sequence>`, so one published twice (its terminate lost) is stored
+    /// once within the dead-letter stream's duplicate window. The message is terminated
+    /// once the dead letter is stored; if publishing fails, it is nak'ed instead (counted
+    /// in [`Report::nacked`]) and redelivered.
     pub fn dead_letter(mut self, subject: impl Into<String>) -> JetStreamSource {
         self.dead_letter = Some(subject.into());
         self
@@ -203,7 +207,9 @@ impl JetStreamSource {
     /// `expires`). Default 500 ms; at least 10 ms.
     ///
     /// It also bounds how long a stop waits for the fetch under way: `fetch_wait`, plus 1 s
-    /// for a broker that does not end the request (out of reach). After the pipeline's
+    /// for a broker that does not end the request (out of reach). A broker found out of
+    /// reach (that request, or an ack the client could not take within 1 s) is sent no
+    /// more acks or naks: they count as [`Report::settle_errors`]. After the pipeline's
     /// shutdown, `run` waits at most 2 s more for the broker to confirm the last acks
     /// ([`Report::confirmed`]); none when the broker was found out of reach.
     pub fn fetch_wait(mut self, wait: Duration) -> JetStreamSource {
@@ -275,10 +281,14 @@ impl JetStreamSource {
             counts: counts.clone(),
         };
         let work = Arc::new(work);
+        let hook_counts = counts.clone();
         let pipeline = builder
             .on_expired(move |msg: Message, _| {
-                // Settled by `settler` below, as they come.
-                let _ = expired_tx.send(msg);
+                // Settled by `settler` below, as they come. Once it has stopped (no worker
+                // takes an item after the shutdown), a message would be left to `ack_wait`.
+                if expired_tx.send(msg).is_err() {
+                    add(&hook_counts.left);
+                }
             })
             // The messages' retries are the broker's (nak with a delay), not the pipeline's.
             .retry(Retry::never())
@@ -330,7 +340,7 @@ impl JetStreamSource {
             on_shed,
             fetch_wait: self.fetch_wait,
             stopping: AtomicBool::new(false),
-            silent: AtomicBool::new(false),
+            stopped: tokio::sync::Notify::new(),
         };
         let main = async {
             let fetch = fetcher.run();
@@ -341,6 +351,7 @@ impl JetStreamSource {
                 () = &mut fetch => true,
             };
             fetcher.stopping.store(true, Ordering::Relaxed);
+            fetcher.stopped.notify_one();
             // Shutdown closes the intake at once: a push under way returns the message,
             // which the fetcher naks; the fetch under way ends within `fetch_wait`.
             let report = if fetch_done {
@@ -356,7 +367,7 @@ impl JetStreamSource {
             report
         };
         let (report, ()) = tokio::join!(main, settler);
-        let silent = fetcher.silent.load(Ordering::Relaxed);
+        let silent = counts.unreachable.load(Ordering::Relaxed);
         drop(pipeline);
         // Messages lost in an aborted worker's hands, a panic or a worker left unresponsive
         // were never settled: the broker redelivers them after `ack_wait`.
@@ -461,8 +472,10 @@ pub struct Report {
     /// pipeline (nak'ed without delay), or lost in an aborted worker or a panic (the broker
     /// redelivers them after `ack_wait`).
     pub left: u64,
-    /// Acks, naks or terms the client refused (a connection closed). A settle the client
-    /// took is only queued for the broker: whether the broker read them is
+    /// Acks, naks or terms the client refused (a connection closed), did not take within
+    /// 1 s, or that were not sent because the broker was found out of reach (see
+    /// [`JetStreamSource::fetch_wait`]). A settle the client took is only queued for the
+    /// broker: whether the broker read them is
     /// [`confirmed`](Self::confirmed). Either way, a settle that never arrives leaves its
     /// message to be redelivered after `ack_wait`, so its work may be done twice.
     pub settle_errors: u64,
@@ -557,8 +570,14 @@ struct Counts {
     settle_errors: AtomicU64,
     redelivered: AtomicU64,
     fetch_errors: AtomicU64,
-    /// Messages a worker's work began with and has not settled (nor counted) yet.
+    /// Messages a worker's work began with and has not settled (nor counted) yet. Its
+    /// updates are Relaxed: `sealed`'s mutex orders them with the seal that reads it.
     in_work: AtomicU64,
+    /// Whether the broker was found out of reach: a pull request it did not end, or a settle
+    /// the client could not take in time. Cleared when a pull request brings a message or
+    /// ends. While set, settles are counted as errors without being sent. Relaxed: a hint,
+    /// ordering nothing.
+    unreachable: AtomicBool,
     /// Set when the report is taken: a worker that settles later (one left unresponsive)
     /// still sends its ack, but its message is already counted in `left`.
     sealed: Mutex<bool>,
@@ -598,12 +617,25 @@ fn add(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Sends `kind` for `msg`; false (logged) if the client could not take it.
-async fn settle(msg: &Message, kind: AckKind) -> bool {
-    match msg.ack_with(kind).await {
-        Ok(()) => true,
-        Err(e) => {
+/// Sends `kind` for `msg`; false (logged) if the client could not take it within
+/// [`SETTLE_WAIT`], or the broker is out of reach ([`Counts::unreachable`]): then nothing is
+/// sent, and the broker redelivers the message after `ack_wait`.
+async fn settle(msg: &Message, kind: AckKind, counts: &Counts) -> bool {
+    if counts.unreachable.load(Ordering::Relaxed) {
+        return false;
+    }
+    // The client queues the settle for its connection task; with the broker gone, once that
+    // queue is full the send waits for a reconnection that may never come. Cancel safe: a
+    // send that timed out did not queue it.
+    match tokio::time::timeout(SETTLE_WAIT, msg.ack_with(kind)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "could not settle a message; the broker redelivers it");
+            false
+        }
+        Err(_) => {
+            counts.unreachable.store(true, Ordering::Relaxed);
+            tracing::warn!("the client took no settle in time: the broker is out of reach");
             false
         }
     }
@@ -611,7 +643,7 @@ async fn settle(msg: &Message, kind: AckKind) -> bool {
 
 /// Sends `kind` for `msg`; counts it in `counter`, or as a settle error.
 async fn send(msg: &Message, kind: AckKind, counter: &AtomicU64, counts: &Counts) -> bool {
-    let sent = settle(msg, kind).await;
+    let sent = settle(msg, kind, counts).await;
     add(if sent { counter } else { &counts.settle_errors });
     sent
 }
@@ -649,7 +681,7 @@ impl Settle {
         counter: &AtomicU64,
         also: Option<&AtomicU64>,
     ) -> bool {
-        let sent = settle(msg, kind).await;
+        let sent = settle(msg, kind, &self.counts).await;
         match sent {
             true => self.counts.work_done(counter, also),
             false => self.counts.work_done(&self.counts.settle_errors, None),
@@ -674,7 +706,7 @@ impl Settle {
         }
         if let Some(subject) = &self.dead_letter {
             if let Err(e) = self.publish_dead_letter(subject, msg, &error).await {
-                tracing::warn!(error = %e, "could not publish a dead letter; the message is nak'ed");
+                tracing::warn!(error = %e, "could not publish a dead letter; nak'ed instead");
                 let delay = self.retry.delay(delivered);
                 self.send(msg, AckKind::Nak(Some(delay)), &self.counts.nacked)
                     .await;
@@ -726,13 +758,13 @@ impl Settle {
     }
 }
 
-/// Whether a header is one of JetStream's publish controls, which addressed the original
-/// publish (an expected stream or sequence, a message id, a rollup, a per-message TTL) and
-/// would fail or distort the dead letter's.
+/// Whether a header is in the server's reserved `Nats-` namespace: JetStream's publish
+/// controls (an expected stream or sequence, a message id, a rollup, a TTL, a batch, a
+/// counter increment, a schedule, ...), which addressed the original publish and would fail
+/// or distort the dead letter's.
 fn is_publish_control(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("nats-expected-")
-        || matches!(lower.as_str(), "nats-msg-id" | "nats-rollup" | "nats-ttl")
+    name.get(..5)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("nats-"))
 }
 
 impl fmt::Debug for Settle {
@@ -752,8 +784,8 @@ struct Fetcher<'a> {
     on_shed: Shed,
     fetch_wait: Duration,
     stopping: AtomicBool,
-    /// Whether the last pull request was not ended by the broker in time (out of reach).
-    silent: AtomicBool,
+    /// Notified once `stopping` is set: ends a pause between failed pull requests.
+    stopped: tokio::sync::Notify,
 }
 
 impl Fetcher<'_> {
@@ -767,19 +799,35 @@ impl Fetcher<'_> {
             // message is fetched and its push waits: back-pressure, one message in hand.
             let room = self.pipeline.capacity() - self.pipeline.len().min(self.pipeline.capacity());
             let pull_end = Instant::now() + self.fetch_wait + PULL_MARGIN;
-            let batch = self
-                .consumer
-                .batch()
-                .max_messages(room.max(1))
-                .expires(self.fetch_wait)
-                .messages()
-                .await;
+            // Sending the request waits for the client, which a broker gone can hold up.
+            let batch = tokio::time::timeout_at(
+                pull_end,
+                self.consumer
+                    .batch()
+                    .max_messages(room.max(1))
+                    .expires(self.fetch_wait)
+                    .messages(),
+            )
+            .await;
             let mut batch = match batch {
-                Ok(batch) => batch,
-                Err(e) => {
+                Ok(Ok(batch)) => batch,
+                failed => {
                     add(&self.counts.fetch_errors);
-                    tracing::warn!(error = %e, "a pull request failed; trying again");
-                    tokio::time::sleep(pause).await;
+                    match failed {
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "a pull request failed; trying again")
+                        }
+                        _ => {
+                            self.counts.unreachable.store(true, Ordering::Relaxed);
+                            tracing::warn!(
+                                "a pull request could not be sent in time; trying again"
+                            );
+                        }
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.stopped.notified() => {}
+                    }
                     pause = (pause * 2).min(Duration::from_secs(2));
                     continue;
                 }
@@ -819,7 +867,11 @@ impl Fetcher<'_> {
     ) -> Option<Message> {
         let until = pull_end.max(Instant::now() + Duration::from_millis(100));
         let next = tokio::time::timeout_at(until, batch.next()).await;
-        self.silent.store(next.is_err(), Ordering::Relaxed);
+        // A broker that answers (a message, the request's end, an error) is reachable; one
+        // that lets the request pass its end is not.
+        self.counts
+            .unreachable
+            .store(next.is_err(), Ordering::Relaxed);
         let msg = match next {
             Ok(Some(Ok(msg))) => msg,
             Ok(None) => return None,

@@ -846,3 +846,61 @@ async fn rev_run_is_send_with_a_non_sync_error() {
     assert!(report.is_conserved(), "{report:?}");
     assert_eq!((report.fetched, report.termed), (2, 2), "{report}");
 }
+
+// Was a fault, fixed (second review): with the broker gone, the client's command queue
+// (2048) filled and the next nak waited for a reconnection that never came: `run` hung
+// (this test timed out at 40 s). Now a pull request the broker does not end, or a settle
+// the client cannot take within 1 s, marks the broker out of reach, and the remaining
+// settles are counted as settle errors, unsent.
+/// The server goes away while the pipeline holds more messages than the client can queue:
+/// `run` still ends soon after `stop`, and every message has one fate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rev_a_stop_with_the_server_gone_and_many_leftovers_ends() {
+    const N: u64 = 3_000;
+    let server = Server::start().await;
+    if std::env::var("NATS_URL").is_ok() {
+        return; // needs a server of its own to kill
+    }
+    let client = async_nats::connect(&server.url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let s = stream(&js, "REVGONEBIG").await;
+    publish(&js, N, |_| "REVGONEBIG.x".into()).await;
+    let c = consumer(&s, "revgonebig", Duration::from_secs(30)).await;
+    let stop = Arc::new(Notify::new());
+    let fetch_wait = Duration::from_millis(200);
+    let source = JetStreamSource::new(js.clone(), c.clone()).fetch_wait(fetch_wait);
+    // One worker that never finishes: the rest wait in the queue, to be handed back.
+    let builder = Pipeline::builder(4_096, Policy::Block)
+        .workers(1)
+        .deadline(Duration::ZERO)
+        .grace(Duration::ZERO);
+    let run = spawn_run(source, builder, stop.clone(), |_| async {
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    wait_ack_pending(&c, N as usize, "every message delivered").await;
+    drop(server); // SIGKILL
+    until(WAIT, "the client to see the server gone", || {
+        let client = client.clone();
+        async move { client.connection_state() != async_nats::connection::State::Connected }
+    })
+    .await;
+    let stopped = Instant::now();
+    stop.notify_one();
+    let report = tokio::time::timeout(Duration::from_secs(40), run)
+        .await
+        .expect("run ends after stop, however many messages it holds")
+        .unwrap()
+        .unwrap();
+    let elapsed = stopped.elapsed();
+    assert!(report.is_conserved(), "{report:?}");
+    assert_eq!(report.fetched, N, "{report}");
+    assert_eq!(report.left + report.settle_errors, N, "{report}");
+    assert!(report.settle_errors > 0, "{report}");
+    assert!(!report.confirmed, "{report}");
+    // fetch_wait + the pull's margin (1 s) + one settle's wait (1 s), and slack.
+    assert!(
+        elapsed < fetch_wait + Duration::from_secs(4),
+        "run took {elapsed:?} after stop"
+    );
+}
