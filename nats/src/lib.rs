@@ -726,6 +726,11 @@ impl Settle {
         msg: &Message,
         error: &str,
     ) -> Result<(), async_nats::Error> {
+        // As a settle (see `settle`): a broker found out of reach is not waited for, and the
+        // publish's send, which waits for room in the client's queue, is bounded.
+        if self.counts.unreachable.load(Ordering::Relaxed) {
+            return Err("the broker is out of reach".into());
+        }
         let mut headers = async_nats::HeaderMap::new();
         if let Some(original) = &msg.headers {
             for (name, values) in original.iter() {
@@ -750,10 +755,20 @@ impl Settle {
             let id = format!("dead:{}:{}", info.stream, info.stream_sequence);
             headers.insert("Nats-Msg-Id", id.as_str());
         }
-        self.jetstream
-            .publish_with_headers(subject.to_owned(), headers, msg.payload.clone())
-            .await?
-            .await?;
+        let publish =
+            self.jetstream
+                .publish_with_headers(subject.to_owned(), headers, msg.payload.clone());
+        let ack = match tokio::time::timeout(SETTLE_WAIT, publish).await {
+            Ok(ack) => ack?,
+            Err(_) => {
+                self.counts.unreachable.store(true, Ordering::Relaxed);
+                return Err(
+                    "the client took no publish in time: the broker is out of reach".into(),
+                );
+            }
+        };
+        // The stream's acknowledgement is bounded by the context's own request timeout.
+        ack.await?;
         Ok(())
     }
 }
