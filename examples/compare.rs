@@ -82,6 +82,8 @@ mod peer_channel;
 mod report;
 #[path = "compare/runtime.rs"]
 mod runtime;
+#[path = "common/runtimes.rs"]
+mod runtimes;
 #[path = "compare/semaphore_copy.rs"]
 mod semaphore_copy;
 #[path = "compare/shapes.rs"]

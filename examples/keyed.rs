@@ -58,6 +58,8 @@ mod coalesce;
 mod overhead;
 #[path = "keyed/runtime.rs"]
 mod runtime;
+#[path = "common/runtimes.rs"]
+mod runtimes;
 #[path = "keyed/table.rs"]
 mod table;
 

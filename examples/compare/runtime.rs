@@ -1,56 +1,17 @@
-//! The runtime every shape runs on (an `async_executor::Executor` run by 2 threads, or a
-//! tokio multi-thread runtime with 2 workers: `--runtime`), the ~1 µs of busy work, and what
-//! `/proc` tells about the process and the machine.
+//! The runtime every shape runs on (`--runtime`: the `async_executor::Executor` or the tokio
+//! runtime of `examples/common/runtimes.rs`, 2 threads each), the pipeline's spawner on it,
+//! the ~1 µs of busy work, and what `/proc` tells about the process and the machine.
 
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use async_executor::Executor;
 use backpressure_pipeline::{BoxFuture, ExecutorSpawner, SpawnError, Spawner};
 
-/// Threads of either runtime.
-pub(crate) const EXECUTOR_THREADS: usize = 2;
-
-/// The runtimes a run can use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Runtime {
-    /// One `async_executor::Executor`, run by `EXECUTOR_THREADS` threads.
-    Executor,
-    /// A tokio multi-thread runtime with `EXECUTOR_THREADS` workers.
-    Tokio,
-}
-
-impl Runtime {
-    pub(crate) fn parse(name: &str) -> Option<Runtime> {
-        match name {
-            "executor" => Some(Runtime::Executor),
-            "tokio" => Some(Runtime::Tokio),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Runtime::Executor => "executor",
-            Runtime::Tokio => "tokio",
-        }
-    }
-
-    pub(crate) fn describe(self) -> String {
-        match self {
-            Runtime::Executor => {
-                format!("async_executor::Executor on {EXECUTOR_THREADS} threads")
-            }
-            Runtime::Tokio => format!("tokio multi-thread runtime, {EXECUTOR_THREADS} workers"),
-        }
-    }
-}
+pub(crate) use crate::runtimes::Runtime;
+use crate::runtimes::{ex, tokio_rt, Task};
 
 static CURRENT: AtomicU8 = AtomicU8::new(0);
 
@@ -66,82 +27,15 @@ pub(crate) fn runtime() -> Runtime {
     }
 }
 
-/// One multi-threaded executor for the whole process, run on 2 threads.
-pub(crate) fn ex() -> &'static Arc<Executor<'static>> {
-    static EX: OnceLock<Arc<Executor<'static>>> = OnceLock::new();
-    EX.get_or_init(|| {
-        let ex = Arc::new(Executor::new());
-        for i in 0..EXECUTOR_THREADS {
-            let ex = ex.clone();
-            thread::Builder::new()
-                .name(format!("ex-{i}"))
-                .spawn(move || smol::block_on(ex.run(std::future::pending::<()>())))
-                .expect("spawn an executor thread");
-        }
-        ex
-    })
-}
-
-/// The tokio runtime, built on first use.
-fn tokio_rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(EXECUTOR_THREADS)
-            .thread_name("tokio")
-            .enable_time()
-            .build()
-            .expect("a tokio runtime")
-    })
-}
-
 /// Runs `fut` as a task on the current runtime and waits for it from this (non-runtime)
 /// thread.
 pub(crate) fn run<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
-    match runtime() {
-        Runtime::Executor => smol::block_on(ex().spawn(fut)),
-        Runtime::Tokio => {
-            let rt = tokio_rt();
-            rt.block_on(rt.spawn(fut)).expect("the task ran to the end")
-        }
-    }
-}
-
-/// A task spawned with [`spawn`]: awaiting it gives its output. Dropped, an executor task is
-/// cancelled and a tokio one runs on: call [`detach`](Task::detach) to say which is meant.
-pub(crate) enum Task<T> {
-    Executor(async_executor::Task<T>),
-    Tokio(tokio::task::JoinHandle<T>),
-}
-
-impl<T> Task<T> {
-    /// Lets the task run on by itself.
-    pub(crate) fn detach(self) {
-        match self {
-            Task::Executor(task) => task.detach(),
-            Task::Tokio(handle) => drop(handle),
-        }
-    }
-}
-
-impl<T> Future for Task<T> {
-    type Output = T;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        match self.get_mut() {
-            Task::Executor(task) => Pin::new(task).poll(cx),
-            Task::Tokio(handle) => Pin::new(handle)
-                .poll(cx)
-                .map(|r| r.expect("the task ran to the end")),
-        }
-    }
+    runtime().run(fut)
 }
 
 /// Spawns `fut` on the current runtime (from inside or outside it).
 pub(crate) fn spawn<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> Task<T> {
-    match runtime() {
-        Runtime::Executor => Task::Executor(ex().spawn(fut)),
-        Runtime::Tokio => Task::Tokio(tokio_rt().spawn(fut)),
-    }
+    runtime().spawn(fut)
 }
 
 /// The pipeline's spawner for the current runtime.
