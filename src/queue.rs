@@ -311,11 +311,11 @@ pub(crate) struct QueueDelays {
 #[derive(Default)]
 pub(crate) struct WakeAfterUnlock {
     wake: Option<Waker>,
-    wake_more: Vec<Waker>,
+    /// Wakers past the first of each kind, rare: `(waker, whether to wake it)`.
+    more: Vec<(Waker, bool)>,
     /// Wakers that left a line unused, or were displaced by a newer one: only dropped (one
     /// at most per critical section but for the rarest paths, so no allocation).
     drop: Option<Waker>,
-    drop_more: Vec<Waker>,
 }
 
 /// How a wait under the lock ended.
@@ -332,7 +332,7 @@ impl WakeAfterUnlock {
         let Some(waker) = waker else { return };
         match self.wake {
             None => self.wake = Some(waker),
-            Some(_) => self.wake_more.push(waker),
+            Some(_) => self.more.push((waker, true)),
         }
     }
 
@@ -360,19 +360,34 @@ impl WakeAfterUnlock {
     fn discard(&mut self, waker: Waker) {
         match self.drop {
             None => self.drop = Some(waker),
-            Some(_) => self.drop_more.push(waker),
+            Some(_) => self.more.push((waker, false)),
         }
     }
 
+    #[inline]
     pub(crate) fn wake(self) {
+        // The common case: nothing gathered. `more` fills only after the first slot of a
+        // kind, so it is empty and owns no allocation: nothing to drop, and no drop glue run
+        // for the whole struct (measured: ~40 instructions per push + pop pair).
+        if self.wake.is_none() && self.drop.is_none() {
+            debug_assert!(self.more.capacity() == 0);
+            std::mem::forget(self);
+            return;
+        }
+        self.wake_slow();
+    }
+
+    #[inline(never)]
+    fn wake_slow(self) {
         if let Some(waker) = self.wake {
             waker.wake();
         }
-        for waker in self.wake_more {
-            waker.wake();
+        for (waker, wake) in self.more {
+            if wake {
+                waker.wake();
+            }
         }
         drop(self.drop);
-        drop(self.drop_more);
     }
 }
 

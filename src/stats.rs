@@ -141,15 +141,17 @@ impl Meter {
     }
 
     /// Under the buffer lock, after the length changed to `len`.
+    #[inline]
     pub(crate) fn update(&mut self, len: usize, capacity: usize) {
-        self.peak = self.peak.max(len);
-        match (len >= capacity, self.full_since) {
-            (true, None) => self.full_since = Some(Instant::now()),
-            (false, Some(since)) => {
-                self.full_total += since.elapsed();
-                self.full_since = None;
+        if len > self.peak {
+            self.peak = len;
+        }
+        if len >= capacity {
+            if self.full_since.is_none() {
+                self.full_since = Some(Instant::now());
             }
-            _ => {}
+        } else if let Some(since) = self.full_since.take() {
+            self.full_total += since.elapsed();
         }
     }
 

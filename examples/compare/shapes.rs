@@ -26,6 +26,8 @@ pub(crate) use handoff::{s1_channel, s1_queue};
 pub(crate) use many_to_many::{s6_channel, s6_queue};
 pub(crate) use memory::{child_mem, mem_in_child, MEM_BURSTS};
 pub(crate) use overload::{overload_channel, overload_peer, overload_queue, overload_tokio};
-pub(crate) use pair::{s4_channel, s4_queue, s4_tokio, s4_vecdeque};
+pub(crate) use pair::{
+    s4_channel, s4_queue, s4_tokio, s4_vecdeque, s4b_channel, s4b_queue, s4b_tokio,
+};
 pub(crate) use pipeline::{s5_batched, s5_latency, s5_pipeline, s5_pool, s5_timed, S5B_SIZES};
 pub(crate) use shutdown::{sd_backlog_pipeline, sd_backlog_pool, sd_stuck, SD_DEADLINE, SD_GRACE};

@@ -12,9 +12,9 @@ use crate::runtime::{runtime, Runtime};
 use crate::semaphore_copy::SemaphoreQueue;
 use crate::shapes::{
     mem_in_child, overload_channel, overload_peer, overload_queue, overload_tokio, s1_channel,
-    s1_queue, s4_channel, s4_queue, s4_tokio, s4_vecdeque, s5_batched, s5_latency, s5_pipeline,
-    s5_pool, s5_timed, s6_channel, s6_queue, sd_backlog_pipeline, sd_backlog_pool, sd_stuck,
-    MEM_BURSTS, S5B_SIZES, SD_DEADLINE, SD_GRACE,
+    s1_queue, s4_channel, s4_queue, s4_tokio, s4_vecdeque, s4b_channel, s4b_queue, s4b_tokio,
+    s5_batched, s5_latency, s5_pipeline, s5_pool, s5_timed, s6_channel, s6_queue,
+    sd_backlog_pipeline, sd_backlog_pool, sd_stuck, MEM_BURSTS, S5B_SIZES, SD_DEADLINE, SD_GRACE,
 };
 
 // The variants' row names, shared with the chart.
@@ -266,11 +266,12 @@ impl Suite {
         );
     }
 
-    /// S4: one thread, an uncontended push + pop pair.
+    /// S4: one thread, an uncontended push + pop pair: S4a without waiting, S4b the waiting
+    /// push polled once.
     fn pair(&mut self) {
         let ch = || Base::Variant(CHANNEL);
         self.measure(
-            "S4 1 thread, push+pop pair",
+            "S4a 1 thread, try_push+pop pair",
             Unit::NsPerOp,
             vec![
                 (OURS, ch(), Box::new(s4_queue::<Queue<u64>>)),
@@ -282,6 +283,20 @@ impl Suite {
                 (CROSSFIRE, ch(), Box::new(s4_channel::<Crossfire>)),
                 ("tokio mpsc", ch(), Box::new(s4_tokio)),
                 ("VecDeque (floor)", ch(), Box::new(s4_vecdeque)),
+            ],
+        );
+        self.measure(
+            "S4b 1 thread, push().await+pop pair",
+            Unit::NsPerOp,
+            vec![
+                (OURS, ch(), Box::new(s4b_queue::<Queue<u64>>)),
+                (COPY, ch(), Box::new(s4b_queue::<AsyncLockQueue<u64>>)),
+                (SEM, ch(), Box::new(s4b_queue::<SemaphoreQueue<u64>>)),
+                (CHANNEL, Base::None, Box::new(s4b_channel::<AsyncChannel>)),
+                (FLUME, ch(), Box::new(s4b_channel::<Flume>)),
+                (KANAL, ch(), Box::new(s4b_channel::<Kanal>)),
+                (CROSSFIRE, ch(), Box::new(s4b_channel::<Crossfire>)),
+                ("tokio mpsc", ch(), Box::new(s4b_tokio)),
             ],
         );
     }

@@ -128,8 +128,14 @@ impl WaitList {
 
     /// Gives a ticket back: leaves the line if still in it, and says whether the ticket had
     /// been notified. `None` (no ticket) leaves nothing.
+    #[inline]
     pub(crate) fn leave(&mut self, ticket: &mut Option<Ticket>) -> Option<Left> {
+        // Most calls hold no ticket (a pop or push served at once): no call for those.
         let held = ticket.take()?;
+        self.leave_held(held)
+    }
+
+    fn leave_held(&mut self, held: Ticket) -> Option<Left> {
         let entry = self.slots.get_mut(held.slot)?;
         if entry.generation != held.generation {
             return None;

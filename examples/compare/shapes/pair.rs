@@ -1,5 +1,6 @@
-//! S4, single thread, uncontended: the cost of one push without waiting plus one pop
-//! polled once with a no-op waker, in ns.
+//! S4, single thread, uncontended, in ns per pair: S4a, one push without waiting plus one
+//! pop polled once with a no-op waker; S4b, the waiting push (`push().await`, `send().await`)
+//! polled once, plus the pop. The queue never fills, so every poll is ready.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,12 +16,14 @@ use crate::peer_channel::PeerChannel;
 
 const PAIRS: u64 = 2_000_000;
 
-/// Polls `fut` once with a no-op waker; the pop must be ready (an item is there).
+/// Polls `fut` once with a no-op waker; it must be ready (an item is there, or room).
 fn poll_ready<F: Future>(fut: F) -> F::Output {
     let mut cx = Context::from_waker(Waker::noop());
     match pin!(fut).poll(&mut cx) {
         Poll::Ready(out) => out,
-        Poll::Pending => panic!("an uncontended pop with an item present must be ready"),
+        Poll::Pending => {
+            panic!("an uncontended pop with an item present (or push with room) must be ready")
+        }
     }
 }
 
@@ -41,6 +44,33 @@ pub(crate) fn s4_queue<Q: BenchQueue>() -> f64 {
 }
 
 /// A peer's pair: `try_send`, then `recv` polled once (all four are MPMC channels).
+/// S4b: `push().await` polled once, then `pop`.
+pub(crate) fn s4b_queue<Q: BenchQueue>() -> f64 {
+    let queue = Q::make(1024, Policy::Block);
+    time_pairs(|i| {
+        let _ = black_box(poll_ready(queue.push(i)));
+        black_box(poll_ready(queue.pop()));
+    })
+}
+
+/// S4b for a peer: `send().await` polled once, then `recv`.
+pub(crate) fn s4b_channel<P: PeerChannel>() -> f64 {
+    let (tx, rx) = P::bounded(1024);
+    time_pairs(|i| {
+        black_box(poll_ready(P::send(&tx, i)));
+        black_box(poll_ready(P::recv(&rx)));
+    })
+}
+
+/// S4b for tokio mpsc: `send().await` polled once, then `recv`.
+pub(crate) fn s4b_tokio() -> f64 {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+    time_pairs(|i| {
+        let _ = black_box(poll_ready(tx.send(i)));
+        black_box(poll_ready(rx.recv()));
+    })
+}
+
 pub(crate) fn s4_channel<P: PeerChannel>() -> f64 {
     let (tx, rx) = P::bounded(1024);
     time_pairs(|i| {
