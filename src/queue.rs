@@ -41,14 +41,16 @@
 //!
 //! Lock: the buffer lock is held for a few instructions and never across an `.await` or
 //! user code (no item is dropped and no waker is woken under it), so it is a blocking
-//! mutex, taken the same way by tasks and by synchronous callers: `parking_lot::Mutex`
-//! (loom's when model checked; `crate::sync::BufferLock`). It replaced `std::sync::Mutex`,
-//! measured side by side in one session on 2 shared cores (BENCHMARKS.md): the hand-off
-//! shapes went from 0.5–0.8× flume to 0.8–1.2× (S1), and from 0.7× to 1.2× (S6, 4 → 4), on
-//! both the executor and tokio; std's futex lock spent a fifth of the pipeline's cycles in
-//! `lock_contended`. An `async_lock::Mutex` here deadlocked a runtime thread: a synchronous
-//! `try_push` blocking on it from a task waited behind a notified lock waiter that only
-//! that same thread could run (`tests/faults.rs`,
+//! lock, taken the same way by tasks and by synchronous callers: a spin lock that backs off
+//! to the scheduler (`crate::sync::BufferLock`; loom's `Mutex` when model checked). It
+//! replaced `parking_lot::Mutex`, which had replaced `std::sync::Mutex`, each measured side by
+//! side in one session on 2 shared cores (BENCHMARKS.md): std's futex lock spent a fifth of
+//! the pipeline's cycles in `lock_contended`; parking_lot's took S1 from 0.5–0.8× flume to
+//! 0.8–1.2×, but parked threads in the kernel on tokio 1 → 1 (0.67× flume); the spin lock,
+//! released with a plain store, took that cell to 1.15× and S2's `try_push` from 3.1× to 4.6×
+//! async-channel's `force_send`. An `async_lock::Mutex` here deadlocked a runtime thread: a
+//! synchronous `try_push` blocking on it from a task waited behind a notified lock waiter
+//! that only that same thread could run (`tests/faults.rs`,
 //! `try_push_from_a_task_beside_a_sync_producer`).
 //!
 //! # Design note: waiter lines, not a semaphore
@@ -668,11 +670,12 @@ impl<T> Queue<T> {
     /// never waits for room; the buffer lock it takes is held by others for a few
     /// instructions at most, never across an `.await`.
     ///
-    /// The lock is not strictly fair (parking_lot's, which hands itself to a waiter in turn
-    /// only about every 0.5 ms): a thread calling `try_push` in a tight loop on a full queue
-    /// can hold up other producers and the workers' pops for a while (it re-takes the lock
-    /// before a woken waiter runs). Such a thread should push in bursts, or yield now and then; an
-    /// async producer should use [`push`](Queue::push), which yields for it.
+    /// The lock is not fair (a spin lock that backs off to the scheduler): a thread calling
+    /// `try_push` in a tight loop on a full queue (`Block` or `DropOldest`; a full `DropNewest`
+    /// queue sheds without the lock) can hold up other producers and the workers' pops for a
+    /// while: it re-takes the lock before a waiter does. Such a thread should push in bursts,
+    /// or yield now and then; an async producer should use [`push`](Queue::push), which
+    /// yields for it.
     ///
     /// # Examples
     ///

@@ -18,8 +18,8 @@ use crate::shapes::{
 };
 
 // The variants' row names, shared with the chart.
-pub(crate) const OURS: &str = "Queue (parking_lot Mutex)";
-const OURS_SYNC: &str = "Queue try_push (parking_lot Mutex)";
+pub(crate) const OURS: &str = "Queue (spin lock)";
+const OURS_SYNC: &str = "Queue try_push (spin lock)";
 pub(crate) const COPY: &str = "async-lock Mutex copy (design's first choice)";
 const COPY_SYNC: &str = "async-lock Mutex copy try_push";
 const SEM: &str = "Queue (semaphore copy)";
@@ -286,7 +286,7 @@ impl Suite {
             ],
         );
         self.measure(
-            "S4b 1 thread, push().await+pop pair",
+            "S4b 1 thread, push().await+pop",
             Unit::NsPerOp,
             vec![
                 (OURS, ch(), Box::new(s4b_queue::<Queue<u64>>)),
