@@ -828,7 +828,7 @@ impl<T> Queue<T> {
 
     /// Applies the policy with the buffer lock held. Under `Block` a full queue gives
     /// [`PushOutcome::Full`]; [`push`](Queue::push) waits instead of calling this.
-    #[inline]
+    #[inline(always)]
     fn push_locked(
         &self,
         inner: &mut Inner<T>,
@@ -892,7 +892,7 @@ impl<T> Queue<T> {
     }
 
     /// Adds `item` to a buffer with room and takes one popper out of line (invariant 2).
-    #[inline]
+    #[inline(always)]
     fn enqueue(
         &self,
         inner: &mut Inner<T>,
@@ -958,7 +958,7 @@ impl<T> Queue<T> {
     }
 
     /// Under the lock, after the buffer's length changed: the lock-free copy and the gauges.
-    #[inline]
+    #[inline(always)]
     fn after_change(&self, inner: &mut Inner<T>, wake: &mut WakeAfterUnlock) {
         let len = inner.buf.len();
         // Relaxed: a copy for lock-free readers (invariant 6); the lock orders the buffer.
