@@ -35,8 +35,9 @@
 //!   push rate, vs async-channel's `force_send`.
 //! - S3 the same with `DropNewest`, vs async-channel's `try_send`; and "S3 peers", the
 //!   `try_send` of flume, kanal and crossfire (4 consumers) vs tokio mpsc's (1 consumer).
-//! - S4 single thread, uncontended: push without waiting + pop polled once with a no-op waker,
-//!   vs async-channel; flume, kanal, crossfire, tokio mpsc and a `VecDeque` beside it.
+//! - S4 single thread, uncontended: S4a, push without waiting + pop polled once with a no-op
+//!   waker; S4b, `push().await` polled once + the pop; vs async-channel; flume, kanal,
+//!   crossfire, tokio mpsc (and, in S4a, a `VecDeque`) beside it.
 //! - S5 the whole `Pipeline` (Block, capacity 1024, 4 workers, ~1 µs/item, N items then
 //!   shutdown) vs 4 hand-written tasks reading a bounded async-channel, joined at the end.
 //! - S5T the same pipeline with a time-based feature (`measure_queue_delay`, `max_age`,
