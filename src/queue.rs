@@ -46,9 +46,9 @@
 //! replaced `parking_lot::Mutex`, which had replaced `std::sync::Mutex`, each measured side by
 //! side in one session on 2 shared cores (BENCHMARKS.md): std's futex lock spent a fifth of
 //! the pipeline's cycles in `lock_contended`; parking_lot's took S1 from 0.5–0.8× flume to
-//! 0.8–1.2×, but parked threads in the kernel on tokio 1 → 1 (0.67× flume); the spin lock,
-//! released with a plain store, took that cell to 1.15× and S2's `try_push` from 3.1× to 4.6×
-//! async-channel's `force_send`. An `async_lock::Mutex` here deadlocked a runtime thread: a
+//! 0.8–1.2×, but parked threads in the kernel on tokio 1 → 1; the spin lock, released with a
+//! plain store, took that cell from 0.93× to 1.17× flume (capacity 16; 1.02× to 1.46× at
+//! 1024) and S2's `try_push` from 3.2× to 4.6× async-channel's `force_send`. An `async_lock::Mutex` here deadlocked a runtime thread: a
 //! synchronous `try_push` blocking on it from a task waited behind a notified lock waiter
 //! that only that same thread could run (`tests/faults.rs`,
 //! `try_push_from_a_task_beside_a_sync_producer`).

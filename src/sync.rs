@@ -1,7 +1,8 @@
 //! Atomics and locks: std's (a spin lock of our own for the queue's buffer lock), or loom's when the
 //! crate is model checked (`--cfg loom`, see `loom/` in the repository), so that loom
 //! explores every interleaving of our own atomics and locks too, not only those inside
-//! `event-listener`.
+//! `event-listener`. Under loom the buffer lock is loom's `Mutex`: the spin lock's own
+//! back-off is not model checked (its tests are below).
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
@@ -22,24 +23,61 @@ pub(crate) use spin_lock::{BufferGuard, BufferLock};
 ///
 /// Taken with one compare-exchange and released with a plain store (spin's `SpinMutex`), where
 /// a parking lock (std's, parking_lot's) pays a second atomic read-modify-write to release, to
-/// learn whether a parked thread must be woken. The queue holds it for a few instructions, never
-/// across an `.await` or user code, so a waiter most often finds it free after a short spin.
+/// learn whether a parked thread must be woken. The queue holds it never across an `.await` or
+/// user code, and on the plain paths for a few instructions, so a waiter most often finds it
+/// free after a short spin. (A time-based queue's snapshot and its expiry at the exit walk the
+/// items' stamps under it, and `pop_many` moves up to its limit: longer, and rarer.)
 /// Measured side by side with parking_lot's `Mutex` (BENCHMARKS.md, "The buffer lock: a spin
 /// lock"): faster in S1, S2, S4 and S6 on both runtimes, most on tokio.
 ///
 /// When the lock stays taken (its holder was preempted), a waiter stops spinning: it yields
-/// its thread to the scheduler, and after that sleeps, from 1 µs doubling to about 1 ms, so a
+/// its thread to the scheduler (16 times; 22 on one core), and after that sleeps, from 1 µs
+/// doubling to about 1 ms, so a
 /// holder preempted by its own waiter (one core, or a waiter of higher real-time priority)
 /// still gets to run. On one core it does not spin at all. Not fair: a thread that releases the
 /// lock and takes it again at once may take it before a waiter (see `Queue::try_push`).
 #[cfg(not(loom))]
 mod spin_lock {
+    use std::marker::PhantomData;
+    use std::ops::{Deref, DerefMut};
     use std::sync::OnceLock;
     use std::time::Duration;
 
     use spin::mutex::{SpinMutex, SpinMutexGuard};
 
-    pub(crate) type BufferGuard<'a, T> = SpinMutexGuard<'a, T>;
+    /// The held lock. Neither `Send` nor `Sync`, as std's and parking_lot's guards are not:
+    /// a future that held it across an `.await` could not be spawned (on a spin lock, that
+    /// would leave its waiters spinning for as long as the future waits).
+    pub(crate) struct BufferGuard<'a, T> {
+        guard: SpinMutexGuard<'a, T>,
+        _not_send: PhantomData<*const ()>,
+    }
+
+    impl<T> Deref for BufferGuard<'_, T> {
+        type Target = T;
+
+        #[inline]
+        fn deref(&self) -> &T {
+            &self.guard
+        }
+    }
+
+    impl<T> DerefMut for BufferGuard<'_, T> {
+        #[inline]
+        fn deref_mut(&mut self) -> &mut T {
+            &mut self.guard
+        }
+    }
+
+    impl<'a, T> BufferGuard<'a, T> {
+        #[inline]
+        fn new(guard: SpinMutexGuard<'a, T>) -> Self {
+            BufferGuard {
+                guard,
+                _not_send: PhantomData,
+            }
+        }
+    }
 
     /// Spin rounds (1, 2, 4, ... 32 spin-loop hints) before the first yield.
     const SPIN_ROUNDS: u32 = 6;
@@ -59,7 +97,7 @@ mod spin_lock {
         #[inline]
         pub(crate) fn lock(&self) -> BufferGuard<'_, T> {
             match self.0.try_lock() {
-                Some(guard) => guard,
+                Some(guard) => BufferGuard::new(guard),
                 None => self.lock_contended(),
             }
         }
@@ -74,7 +112,7 @@ mod spin_lock {
                 // Read before trying: a failed compare-exchange takes the line from the holder.
                 if !self.0.is_locked() {
                     if let Some(guard) = self.0.try_lock() {
-                        return guard;
+                        return BufferGuard::new(guard);
                     }
                 }
                 if spin && round < SPIN_ROUNDS {
