@@ -148,6 +148,24 @@ mod spin_lock {
         use super::BufferLock;
 
         #[test]
+        fn the_guard_is_neither_send_nor_sync() {
+            // Compiles only if the type is not `Send` (resp. `Sync`): with it, both impls
+            // apply and the `_` is ambiguous.
+            trait AmbiguousIfSend<A> {
+                fn check() {}
+            }
+            impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+            impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
+            trait AmbiguousIfSync<A> {
+                fn check() {}
+            }
+            impl<T: ?Sized> AmbiguousIfSync<()> for T {}
+            impl<T: ?Sized + Sync> AmbiguousIfSync<u8> for T {}
+            <super::BufferGuard<'static, u64> as AmbiguousIfSend<_>>::check();
+            <super::BufferGuard<'static, u64> as AmbiguousIfSync<_>>::check();
+        }
+
+        #[test]
         fn contended_increments_are_exact() {
             const THREADS: usize = 4;
             const EACH: usize = 50_000;
