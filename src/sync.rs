@@ -187,8 +187,9 @@ mod spin_lock {
         }
 
         #[test]
-        fn a_holder_that_sleeps_is_waited_for() {
-            // The waiter runs out of spins and yields, then sleeps, and still gets the lock.
+        fn a_waiter_outlasts_a_long_hold() {
+            // The waiter likely runs out of spins and yields, and may sleep; it gets the lock
+            // once it is released, and only then.
             let lock = Arc::new(BufferLock::new(Vec::new()));
             let guard = lock.lock();
             let waiter = thread::spawn({
