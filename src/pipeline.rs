@@ -521,6 +521,13 @@ impl<T: Send + 'static> Pipeline<T> {
             self.shared.stop.cancel();
             drop(spent);
         }
+        // A stop token already cancelled with no cause named yet was cancelled by the parent
+        // (the stops from inside, and shutdown, name theirs before they cancel). Named here,
+        // not left to the token's hook: a cancel marks the token before it runs the hook, so
+        // the parent's hook may still be on its way, and a cancel of ours returns at once.
+        if self.shared.stop.is_cancelled() {
+            self.shared.set_cause(StopCause::External);
+        }
         self.shared.set_cause(StopCause::Shutdown);
         self.shared.stop.cancel();
         self.shared.queue.close();

@@ -130,8 +130,11 @@ async fn a_future_parent_releases_a_blocked_thread(sp: Sp) {
 
 async fn a_completed_parent_future_is_the_cause_before_its_watcher_runs(sp: Sp) {
     // Shutdown right after the parent completed, before the watcher task can have run (on
-    // the one-thread runtimes it cannot): the parent stopped it first.
-    for _ in 0..20 {
+    // the one-thread runtimes it cannot): the parent stopped it first. On the multi-thread
+    // runtimes the watcher races shutdown: it may be polling the future, have seen it
+    // complete, or be inside its cancel when shutdown looks (each was a way to `Shutdown`,
+    // about 1 run of this file in 15 on smol); many rounds, to meet each.
+    for _ in 0..200 {
         let (complete, completed) = oneshot::channel::<()>();
         let pipeline = Pipeline::builder(4, Policy::Block)
             .parent(async move {

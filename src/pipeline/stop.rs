@@ -6,6 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use futures_util::future;
 
@@ -89,15 +90,32 @@ impl<F: Future<Output = ()> + Send + 'static> StopSignal for F {
 /// `shutdown` before it names its own cause: a parent that completed first is the cause,
 /// whichever of the two runs first.
 pub(super) struct Parent {
-    /// The future until it completes (or panics). Locked by the watcher to poll it, and
-    /// tried by `shutdown`; no other lock is taken while it is held.
-    signal: Mutex<Option<BoxFuture>>,
+    /// The future until it completes (or panics), and whether it has. Locked by the watcher
+    /// to poll it, and tried by `shutdown`; no other lock is taken while it is held.
+    signal: Mutex<Slot>,
 }
+
+/// The parent future's slot.
+struct Slot {
+    future: Option<BoxFuture>,
+    /// Set in the poll that saw the future complete, under the lock: from then on `shutdown`
+    /// knows the parent came first, even before the watcher has stopped the pipeline.
+    fired: bool,
+}
+
+/// How long `shutdown` waits (yielding its thread) for a watcher that is polling the parent
+/// future at that instant, before it leaves the future to it: long enough for a watcher
+/// thread the OS preempted mid-poll to run again; a poll that takes longer is user code that
+/// blocks, and `shutdown` does not wait on it.
+const POLL_WAIT: Duration = Duration::from_millis(20);
 
 impl Parent {
     pub(super) fn new(signal: Option<BoxFuture>) -> Parent {
         Parent {
-            signal: Mutex::new(signal),
+            signal: Mutex::new(Slot {
+                future: signal,
+                fired: false,
+            }),
         }
     }
 
@@ -111,18 +129,31 @@ impl Parent {
 
     /// Drops the future (after the pipeline stopped), outside the lock.
     fn clear(&self) {
-        let signal = lock(&self.signal).take();
+        let signal = lock(&self.signal).future.take();
         drop_quietly(signal);
     }
 
-    /// Whether the parent future has completed, looked at once without waiting (by
-    /// `shutdown`). A future the watcher is polling at this instant is left to it.
+    /// Whether the parent future has completed, looked at without waiting for it (by
+    /// `shutdown`): it completed if a poll (the watcher's, or this one) saw it complete. A
+    /// watcher polling it at this instant is waited for, yielding this thread, for at most
+    /// [`POLL_WAIT`]; a poll that takes longer is left to it.
     pub(super) fn fired_now(&self) -> Option<Spent> {
-        let mut slot = match self.signal.try_lock() {
-            Ok(slot) => slot,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
+        let mut slot = None;
+        let until = Instant::now() + POLL_WAIT;
+        // Bounded by POLL_WAIT.
+        while slot.is_none() && Instant::now() < until {
+            match self.signal.try_lock() {
+                Ok(held) => slot = Some(held),
+                Err(TryLockError::Poisoned(poisoned)) => slot = Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => std::thread::yield_now(),
+            }
+        }
+        let mut slot = slot?;
+        if slot.fired {
+            // The watcher saw it complete and is on its way to stop the pipeline: the spent
+            // future is its to drop.
+            return Some(Spent(None));
+        }
         // The watcher is woken by the stop that follows, whatever this poll registers.
         let mut cx = Context::from_waker(Waker::noop());
         match poll_slot(&mut slot, &mut cx) {
@@ -133,18 +164,19 @@ impl Parent {
 }
 
 /// Polls the parent future in its slot, under its lock: see [`Parent::poll_fired`].
-fn poll_slot(slot: &mut Option<BoxFuture>, cx: &mut Context<'_>) -> Poll<Spent> {
-    let Some(signal) = slot.as_mut() else {
+fn poll_slot(slot: &mut Slot, cx: &mut Context<'_>) -> Poll<Spent> {
+    let Some(signal) = slot.future.as_mut() else {
         return Poll::Pending;
     };
-    match catch_unwind(AssertUnwindSafe(|| signal.as_mut().poll(cx))) {
-        Ok(Poll::Pending) => Poll::Pending,
-        Ok(Poll::Ready(())) => Poll::Ready(Spent(slot.take())),
-        Err(payload) => {
-            drop_quietly(payload);
-            Poll::Ready(Spent(slot.take()))
-        }
+    let polled = catch_unwind(AssertUnwindSafe(|| signal.as_mut().poll(cx)));
+    if let Ok(Poll::Pending) = polled {
+        return Poll::Pending;
     }
+    if let Err(payload) = polled {
+        drop_quietly(payload);
+    }
+    slot.fired = true;
+    Poll::Ready(Spent(slot.future.take()))
 }
 
 /// A parent future that has completed (or panicked), dropped quietly when this is.
