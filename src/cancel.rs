@@ -227,7 +227,9 @@ impl CancellationToken {
     /// Cancels this token and all its descendants. Returns `true` if this call cancelled it.
     ///
     /// Every task waiting in [`cancelled`](CancellationToken::cancelled) on any of them is
-    /// woken.
+    /// woken. A call that finds the token cancelled already returns `false` at once: if
+    /// another call is cancelling it at that instant, that call may still be waking its
+    /// waiters and cancelling its descendants.
     ///
     /// # Examples
     ///
