@@ -139,6 +139,7 @@ impl Parent {
     /// [`POLL_WAIT`]; a poll that takes longer is left to it.
     pub(super) fn fired_now(&self) -> Option<Spent> {
         let mut slot = None;
+        // On the real clock, not the spawner's: a manual clock would not bound the wait.
         let until = Instant::now() + POLL_WAIT;
         // Bounded by POLL_WAIT.
         while slot.is_none() && Instant::now() < until {
